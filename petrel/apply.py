@@ -1,0 +1,180 @@
+"""Reflecting records in the index: the one place that decides what a record does to
+the index and to per-segment live/dead accounting.
+
+Used on three paths that must agree: a group commit (live writes), replay of segment
+tails on open, and a full rebuild from segments. Rules:
+
+* Records are ordered by `seq`. An object record takes effect only if it is newer than
+  what the index holds for its key; a copy made by compaction keeps its seq, so it never
+  overrides a newer write.
+* An object record belongs to the incarnation of its bucket created before it: a record
+  older than its bucket's creation record (a bucket deleted and made again) is dead.
+* Bytes of a record the index points at are *live* in its segment; when the key is
+  overwritten or deleted they become *dead*. Tombstones and bucket records count as
+  live: compaction keeps them as long as an older record could still need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from petrel import format as fmt
+from petrel import index as ix
+from petrel.errors import BucketAlreadyOwnedByYou, NoSuchBucket, PetrelError
+
+
+@dataclass(slots=True)
+class Applied:
+    """The outcome of applying a batch: index ops to write, and per item an error
+    (None when it took effect), plus large-object blobs that lost their last reference."""
+
+    ops: list[ix.Op] = field(default_factory=list)
+    errors: list[PetrelError | None] = field(default_factory=list)
+    orphan_blobs: list[str] = field(default_factory=list)
+
+
+def large_blob_name(seq: int) -> str:
+    """Blob holding a large object whose pointer record has `seq` (copies keep it)."""
+    return f"objects/{seq:016x}"
+
+
+def split_object_key(key: bytes) -> tuple[str, bytes]:
+    bucket, _, object_key = key.partition(b"/")
+    return bucket.decode(), object_key
+
+
+class Applier:
+    """Applies records to an index, tracking bucket rows and segment rows in memory.
+
+    Not thread-safe: one applier, used from one thread (the event loop).
+    """
+
+    def __init__(self, index: ix.Index, buckets: dict[str, fmt.BucketRow],
+                 segments: dict[int, fmt.SegmentRow]) -> None:
+        self.index = index
+        self.buckets = buckets
+        self.segments = segments
+        self.next_bucket_id = index.get_meta_int("next_bucket_id", 1)
+        self.object_count = index.get_meta_int("object_count", 0)
+        self.next_segment_id = max(index.get_meta_int("next_segment_id", 1),
+                                   max(segments, default=0) + 1)
+
+    def allocate_segment_id(self, floor: int = 0) -> int:
+        """A segment id never used before (ids are not reused: a blob deleted late must
+        never be a newer segment). Persisted with the next applied batch."""
+        segment_id = max(self.next_segment_id, floor)
+        self.next_segment_id = segment_id + 1
+        return segment_id
+
+    def apply(self, items: Sequence[fmt.FooterEntry]) -> Applied:
+        """Compute the effect of `items` (in seq order). Mutates the in-memory bucket
+        and segment rows; the caller must write `Applied.ops` (which include the touched
+        segment rows) in one atomic batch."""
+        out = Applied()
+        touched: set[int] = set()
+        current = self._prefetch(items)
+        for item in items:
+            entry = item.entry
+            touched.add(entry.location.segment_id)
+            self._note_seq(entry)
+            if entry.flags & fmt.FLAG_BUCKET:
+                out.errors.append(self._apply_bucket(item, out))
+            else:
+                out.errors.append(self._apply_object(item, current, out, touched))
+        for segment_id in touched:
+            if segment_id in self.segments:  # a retired entry's segment may be gone
+                out.ops.append(ix.segment_op(self.segments[segment_id]))
+        out.ops.append(ix.meta_int_op("next_bucket_id", self.next_bucket_id))
+        out.ops.append(ix.meta_int_op("object_count", self.object_count))
+        out.ops.append(ix.meta_int_op("next_segment_id", self.next_segment_id))
+        return out
+
+    # ----- helpers -----------------------------------------------------------------
+    def _prefetch(self, items: Sequence[fmt.FooterEntry]) -> dict[bytes, fmt.Entry | None]:
+        keys = []
+        for item in items:
+            if item.entry.flags & fmt.FLAG_BUCKET:
+                continue
+            bucket, object_key = split_object_key(item.key)
+            row = self.buckets.get(bucket)
+            if row is not None:
+                keys.append(ix.object_key(row.bucket_id, object_key))
+        values = self.index.kv.multi_get(keys)
+        return {k: None if v is None else fmt.decode_index_value(v)
+                for k, v in zip(keys, values, strict=True)}
+
+    def _note_seq(self, entry: fmt.Entry) -> None:
+        segment = self.segments[entry.location.segment_id]
+        if entry.seq < segment.min_seq or entry.seq > segment.max_seq:
+            self.segments[segment.segment_id] = replace(
+                segment, min_seq=min(segment.min_seq, entry.seq),
+                max_seq=max(segment.max_seq, entry.seq))
+
+    def _account(self, location: fmt.Location, *, live: int, dead: int) -> None:
+        segment = self.segments.get(location.segment_id)
+        if segment is None:  # its segment was already deleted: nothing to account
+            return
+        self.segments[location.segment_id] = replace(
+            segment, live_bytes=max(0, segment.live_bytes + live),
+            dead_bytes=segment.dead_bytes + dead)
+
+    def _retire(self, old: fmt.Entry, out: Applied) -> None:
+        self._account(old.location, live=-old.location.length, dead=old.location.length)
+        if old.flags & fmt.FLAG_LARGE:
+            out.orphan_blobs.append(large_blob_name(old.seq))
+
+    def _apply_bucket(self, item: fmt.FooterEntry, out: Applied) -> PetrelError | None:
+        entry, name = item.entry, item.key.decode()
+        row = self.buckets.get(name)
+        length = entry.location.length
+        if entry.flags & fmt.FLAG_TOMBSTONE:
+            if row is None or row.seq > entry.seq:
+                self._account(entry.location, live=0, dead=length)
+                return NoSuchBucket(resource=name)
+            del self.buckets[name]
+            out.ops.append(ix.bucket_op(name, None))
+            self._account(entry.location, live=length, dead=0)
+            return None
+        if row is not None:
+            self._account(entry.location, live=0, dead=length)
+            return BucketAlreadyOwnedByYou(resource=name)
+        row = fmt.BucketRow(self.next_bucket_id, entry.mtime_ms, entry.seq)
+        self.next_bucket_id += 1
+        self.buckets[name] = row
+        out.ops.append(ix.bucket_op(name, row))
+        self._account(entry.location, live=length, dead=0)
+        return None
+
+    def _apply_object(self, item: fmt.FooterEntry, current: dict[bytes, fmt.Entry | None],
+                      out: Applied, touched: set[int]) -> PetrelError | None:
+        entry = item.entry
+        length = entry.location.length
+        bucket, object_key = split_object_key(item.key)
+        row = self.buckets.get(bucket)
+        if row is None or row.seq > entry.seq:
+            self._account(entry.location, live=0, dead=length)
+            if entry.flags & fmt.FLAG_LARGE and not entry.flags & fmt.FLAG_TOMBSTONE:
+                out.orphan_blobs.append(large_blob_name(entry.seq))
+            return NoSuchBucket(resource=bucket)
+        key = ix.object_key(row.bucket_id, object_key)
+        old = current.get(key)
+        if old is not None and old.seq >= entry.seq:
+            if old.seq == entry.seq and old.location == entry.location:
+                return None  # already reflected (replay is idempotent)
+            self._account(entry.location, live=0, dead=length)  # stale: newer one wins
+            return None
+        if old is not None:
+            touched.add(old.location.segment_id)
+            self._retire(old, out)
+        if entry.flags & fmt.FLAG_TOMBSTONE:
+            current[key] = None
+            out.ops.append((key, None))
+            self.object_count -= old is not None
+            self._account(entry.location, live=length, dead=0)
+            return None
+        current[key] = entry
+        out.ops.append((key, fmt.encode_index_value(entry)))
+        self.object_count += old is None
+        self._account(entry.location, live=length, dead=0)
+        return None

@@ -1,0 +1,1 @@
+"""Backends: where sealed segments and large objects live (see base.Backend)."""

@@ -1,0 +1,146 @@
+"""Batch reads: one multi-get in the index, then the records read sorted by segment and
+offset, with neighbours merged into one read (one pread locally, one ranged GET on a
+remote backend). Results come back in request order, missing keys included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from petrel import format as fmt
+from petrel import index as ix
+from petrel.errors import NoSuchKey, PetrelError
+from petrel.model import GetItem, GetResult, ObjectInfo
+
+if TYPE_CHECKING:
+    from petrel.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class _Want:
+    position: int
+    entry: fmt.Entry
+    full_key: bytes
+
+
+@dataclass(slots=True)
+class Run:
+    """Records of one segment that one read covers: bytes [start, end)."""
+
+    segment_id: int
+    start: int
+    end: int
+    wants: list[_Want]
+
+
+def plan_runs(wants: list[_Want], gap_bytes: int, run_bytes_max: int) -> list[Run]:
+    """Group reads by segment, sort by offset, merge neighbours closer than `gap_bytes`
+    into runs of at most `run_bytes_max` (a single larger record is its own run)."""
+    by_segment: dict[int, list[_Want]] = defaultdict(list)
+    for want in wants:
+        by_segment[want.entry.location.segment_id].append(want)
+    runs: list[Run] = []
+    for segment_id, items in by_segment.items():
+        items.sort(key=lambda w: w.entry.location.offset)
+        run: Run | None = None
+        for want in items:
+            start = want.entry.location.offset
+            end = start + want.entry.location.length
+            if run is not None and start - run.end <= gap_bytes \
+                    and max(end, run.end) - run.start <= run_bytes_max:
+                run.end = max(run.end, end)
+                run.wants.append(want)
+                continue
+            run = Run(segment_id, start, end, [want])
+            runs.append(run)
+    return runs
+
+
+async def read_batch(store: Store, items: list[GetItem] | tuple[GetItem, ...] | object
+                     ) -> list[GetResult]:
+    requested: list[GetItem] = list(items)  # type: ignore[call-overload]
+    results: list[GetResult | None] = [None] * len(requested)
+    keys: list[bytes] = []
+    positions: list[int] = []
+    full_keys: list[bytes] = []
+    for position, item in enumerate(requested):
+        try:
+            row = store._bucket(item.bucket)
+            raw_key = store._key(item.key)
+        except PetrelError as exc:
+            results[position] = GetResult(item, None, None, exc)
+            continue
+        keys.append(ix.object_key(row.bucket_id, raw_key))
+        full_keys.append(item.bucket.encode() + b"/" + raw_key)
+        positions.append(position)
+    values = store.kv.multi_get(keys)
+    wants: list[_Want] = []
+    large: list[int] = []
+    for position, full_key, value in zip(positions, full_keys, values, strict=True):
+        item = requested[position]
+        if value is None:
+            error = NoSuchKey(resource=f"{item.bucket}/{item.key}")
+            results[position] = GetResult(item, None, None, error)
+            continue
+        entry = fmt.decode_index_value(value)
+        if entry.flags & fmt.FLAG_LARGE:
+            large.append(position)
+        else:
+            wants.append(_Want(position, entry, full_key))
+    runs = plan_runs(wants, store.config.read_merge_gap_bytes,
+                     store.config.read_merge_bytes_max)
+    remote: list[Run] = []
+    for run in runs:
+        data = store._read_local(fmt.Location(run.segment_id, run.start,
+                                              run.end - run.start, 0))
+        if data is None:
+            remote.append(run)
+        else:
+            _finish_run(store, requested, results, run, data)
+    if remote:
+        loop = asyncio.get_running_loop()
+        datas = await asyncio.gather(*(
+            loop.run_in_executor(store.io_pool, store.backend.get_range,
+                                 fmt.segment_blob_name(run.segment_id), run.start,
+                                 run.end - run.start)
+            for run in remote), return_exceptions=True)
+        for run, data in zip(remote, datas, strict=True):
+            if isinstance(data, BaseException):
+                error = data if isinstance(data, PetrelError) else PetrelError(str(data))
+                for want in run.wants:
+                    item = requested[want.position]
+                    results[want.position] = GetResult(item, None, None, error)
+            else:
+                _finish_run(store, requested, results, run, data)
+    for position in large:
+        item = requested[position]
+        try:
+            got = await store.get_object(item.bucket, item.key, item.byte_range)
+            results[position] = GetResult(item, got.info, got.body)
+        except PetrelError as exc:
+            results[position] = GetResult(item, None, None, exc)
+    return [r for r in results if r is not None]
+
+
+def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
+                run: Run, data: bytes) -> None:
+    from petrel.store import _resolve_range
+
+    for want in run.wants:
+        item = requested[want.position]
+        entry = want.entry
+        try:
+            record = store._check_record(data, entry.location.offset - run.start,
+                                         entry.location, want.full_key)
+            start, length = _resolve_range(item.byte_range, entry.size)
+        except PetrelError as exc:
+            results[want.position] = GetResult(item, None, None, exc)
+            continue
+        body = record.payload
+        if start or length != entry.size:
+            body = body[start : start + length]
+        info = ObjectInfo.from_entry(item.bucket, item.key, entry)
+        results[want.position] = GetResult(item, info, body)

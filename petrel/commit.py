@@ -1,0 +1,317 @@
+"""The write path: group commit into the active segment, then the index; rolling,
+sealing and uploading segments.
+
+A writer encodes its records and calls `Committer.submit`. On the event loop thread each
+record gets a seq and an offset in the active segment (`reserve`), then waits. One commit
+loop takes everything reserved so far, writes it with one `pwritev` per segment and one
+`fdatasync` (in a dedicated thread, so the loop never blocks on the disk), applies the
+records to the index in one atomic batch, and wakes the writers. Writers that arrive
+while a commit is in flight share the next one: that is group commit.
+
+An fsync failure is not retried (the page cache may have dropped the dirty pages): the
+committer stops accepting writes and the store must be reopened, which replays the
+segment tails from the index's watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from petrel import format as fmt
+from petrel import index as ix
+from petrel.apply import Applier
+from petrel.backends.base import Backend
+from petrel.backends.local import fsync_dir
+from petrel.errors import InternalError, PetrelError, ServiceUnavailable, StoreClosed
+from petrel.segments import ActiveSegment, local_segment_path, seal_file
+from petrel.settings import Durability, StoreConfig
+
+log = logging.getLogger("petrel.commit")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One record to append: its key, encoded bytes and the summary the index keeps."""
+
+    key: bytes
+    record: fmt.EncodedRecord
+    flags: int
+    size: int
+    seq: int
+    mtime_ms: int
+    parts: int = 0
+    md5: bytes = fmt.NO_MD5
+    meta: bytes = b""
+
+
+def make_pending(*, key: bytes, flags: int, seq: int, payload: bytes = b"", size: int = 0,
+                 meta: bytes = b"", parts: int = 0, md5: bytes = fmt.NO_MD5,
+                 mtime_ms: int | None = None) -> Pending:
+    mtime = now_ms() if mtime_ms is None else mtime_ms
+    record = fmt.encode_record(flags=flags, key=key, meta=meta, payload=payload, seq=seq,
+                               mtime_ms=mtime, parts=parts, md5=md5)
+    return Pending(key, record, flags, size, seq, mtime, parts, md5, meta)
+
+
+class Committer:
+    """Owns the active segment, the commit loop, and segment sealing."""
+
+    def __init__(self, *, config: StoreConfig, index: ix.Index, applier: Applier,
+                 segment_dir: str, backend: Backend, io_pool: ThreadPoolExecutor,
+                 seq: int, active: ActiveSegment | None,
+                 local: dict[int, ActiveSegment]) -> None:
+        self.config = config
+        self.index = index
+        self.applier = applier
+        self.segment_dir = segment_dir
+        self.backend = backend
+        self.io_pool = io_pool
+        self.seq = seq
+        self.active = active
+        # Segments still on local disk (active, or rolled and not yet uploaded): reads of
+        # their records are served from these files.
+        self.local = local
+        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="petrel-commit")
+        self._group: list[fmt.FooterEntry] = []
+        self._waiters: list[tuple[asyncio.Future[list[PetrelError | None]], int, int]] = []
+        self._wakeup = asyncio.Event()
+        self._rolled: list[ActiveSegment] = []
+        self._dir_sync_needed = False
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._last_write = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self.on_orphans: Callable[[list[str]], None] = lambda names: None
+
+    # ----- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        self._spawn(self._seal_when_idle())
+        for segment in self._rolled:
+            self._spawn(self._seal(segment))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, *, seal: bool) -> None:
+        """Stop accepting writes, commit what is pending, optionally seal the active
+        segment (uploading it), and wait for uploads in flight."""
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            await self._runner
+        if seal and self.active is not None and self.active.tail > fmt.SEGMENT_HEADER_BYTES:
+            segment, self.active = self.active, None
+            await self._seal(segment)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._commit_pool.shutdown(wait=True)
+        for segment in list(self.local.values()):
+            segment.close()
+
+    def check_writable(self) -> None:
+        if self._closing:
+            raise StoreClosed()
+        if self._failed is not None:
+            raise ServiceUnavailable("a write to disk failed; the store is read-only "
+                                     f"until it is reopened ({self._failed})")
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # ----- submitting --------------------------------------------------------------
+    async def submit(self, pendings: list[Pending]) -> list[PetrelError | None]:
+        """Append `pendings`, wait until durable (per the durability mode) and applied
+        to the index. Returns one error or None per record, in order."""
+        self.check_writable()
+        loop = asyncio.get_running_loop()
+        start = len(self._group)
+        for pending in pendings:
+            segment = self._segment_for(pending.record.length)
+            offset = segment.reserve(pending.record)
+            location = fmt.Location(segment.segment_id, offset, pending.record.length,
+                                    pending.record.checksum)
+            entry = fmt.Entry(location, pending.flags, pending.size, pending.seq,
+                              pending.mtime_ms, pending.parts, pending.md5, pending.meta)
+            self._group.append(fmt.FooterEntry(pending.key, entry))
+        future: asyncio.Future[list[PetrelError | None]] = loop.create_future()
+        self._waiters.append((future, start, len(self._group)))
+        self._last_write = time.monotonic()
+        self._wakeup.set()
+        return await future
+
+    def _segment_for(self, length: int) -> ActiveSegment:
+        active = self.active
+        limit = self.config.limits.segment_bytes_max - fmt.TRAILER_BYTES
+        if active is not None and active.tail + length > limit \
+                and active.tail > fmt.SEGMENT_HEADER_BYTES:
+            self._roll()
+            active = None
+        if active is None:
+            active = self._new_segment()
+        return active
+
+    def _new_segment(self) -> ActiveSegment:
+        segment_id = self.applier.allocate_segment_id()
+        path = local_segment_path(self.segment_dir, segment_id)
+        segment = ActiveSegment(path, segment_id, create_ms=now_ms())
+        self.applier.segments[segment_id] = fmt.SegmentRow(
+            segment_id, fmt.SEGMENT_ACTIVE, created_ms=now_ms())
+        self.local[segment_id] = segment
+        self.active = segment
+        self._dir_sync_needed = True
+        return segment
+
+    def _roll(self) -> None:
+        """The active segment takes no more records; it is sealed once written."""
+        if self.active is not None:
+            self._rolled.append(self.active)
+            self.active = None
+
+    # ----- the commit loop ---------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        window_s = self.config.commit_window_ms / 1000
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._group:
+                waiters, self._waiters = self._waiters, []
+                for future, _, _ in waiters:  # flush(): nothing to write, all committed
+                    if not future.done():
+                        future.set_result([])
+                if self._closing:
+                    return
+                continue
+            if (self.config.durability is Durability.BATCH and window_s > 0
+                    and len(self._group) < self.config.commit_records_max):
+                await asyncio.sleep(window_s)
+            group, self._group = self._group, []
+            waiters, self._waiters = self._waiters, []
+            writes = [(s, *s.take_pending()) for s in self._segments_with_pending()]
+            try:
+                await loop.run_in_executor(self._commit_pool, self._write, writes)
+                errors = self._apply(group, writes)
+            except BaseException as exc:
+                self._fail(exc, waiters)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future, start, end in waiters:
+                if not future.done():
+                    future.set_result(errors[start:end])
+            self._seal_rolled()
+
+    def _segments_with_pending(self) -> list[ActiveSegment]:
+        segments = list(self._rolled)
+        if self.active is not None:
+            segments.append(self.active)
+        return [s for s in segments if s.durable < s.tail]
+
+    def _write(self, writes: list[tuple[ActiveSegment, int, list[bytes], int]]) -> None:
+        sync = self.config.durability is not Durability.NONE
+        for segment, start, parts, end in writes:
+            segment.write(start, parts, end, sync=sync)
+        if self._dir_sync_needed and sync:
+            self._dir_sync_needed = False
+            fsync_dir(self.segment_dir)
+
+    def _apply(self, group: list[fmt.FooterEntry],
+               writes: list[tuple[ActiveSegment, int, list[bytes], int]]) -> list[PetrelError | None]:
+        segments = self.applier.segments
+        for segment, _, _, end in writes:
+            row = segments[segment.segment_id]
+            segments[segment.segment_id] = replace(row, indexed_bytes=end)
+        applied = self.applier.apply(group)
+        self.index.kv.write(applied.ops)
+        if applied.orphan_blobs:
+            self.on_orphans(applied.orphan_blobs)
+        return applied.errors
+
+    def _fail(self, exc: BaseException, waiters: list[tuple[asyncio.Future[
+            list[PetrelError | None]], int, int]]) -> None:
+        log.critical("commit failed; refusing writes until reopened: %r", exc)
+        self._failed = exc
+        error = InternalError(f"the write could not be made durable: {exc}")
+        for future, _, _ in waiters:
+            if not future.done():
+                future.set_exception(error)
+        for future, _, _ in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters = []
+        self._group = []
+
+    # ----- sealing -----------------------------------------------------------------
+    def _seal_rolled(self) -> None:
+        for segment in list(self._rolled):
+            if segment.durable == segment.tail:
+                self._rolled.remove(segment)
+                self._spawn(self._seal(segment))
+
+    async def _seal_when_idle(self) -> None:
+        period = max(0.05, min(5.0, self.config.seal_idle_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            active = self.active
+            idle = time.monotonic() - self._last_write
+            if (active is not None and idle >= self.config.seal_idle_s
+                    and active.tail > fmt.SEGMENT_HEADER_BYTES and active.durable == active.tail
+                    and not self._group):
+                self._roll()
+                self._seal_rolled()
+
+    async def _seal(self, segment: ActiveSegment) -> None:
+        """Footer, fsync, upload, verify, record in the index; then drop the local copy.
+        An upload that fails is retried with backoff; the local copy stays meanwhile."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.io_pool, seal_file, segment.path)
+        if result.corrupt_ranges:
+            log.error("segment %x sealed with corrupt ranges skipped: %s",
+                      segment.segment_id, result.corrupt_ranges)
+        name = fmt.segment_blob_name(segment.segment_id)
+        delay = 0.1
+        while True:
+            try:
+                await loop.run_in_executor(self.io_pool, self._upload, name, segment.path,
+                                           result.size_bytes)
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure: keep local, retry
+                log.warning("upload of segment %x failed (retry in %.1fs): %s",
+                            segment.segment_id, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        row = self.applier.segments.get(segment.segment_id)
+        if row is not None:
+            row = replace(row, state=fmt.SEGMENT_SEALED, flags=fmt.SEGMENT_UPLOADED,
+                          indexed_bytes=result.size_bytes)
+            self.applier.segments[segment.segment_id] = row
+            self.index.kv.write([ix.segment_op(row)], sync=True)
+        self.local.pop(segment.segment_id, None)
+        segment.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(segment.path)
+
+    def _upload(self, name: str, path: str, size: int) -> None:
+        self.backend.put_file(name, path)
+        stored = self.backend.size(name)
+        if stored != size:
+            raise InternalError(f"uploaded {name}: {stored} bytes, expected {size}")

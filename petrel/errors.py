@@ -1,0 +1,151 @@
+"""The one exception tree: every error petrel raises to a caller carries its S3 code
+and HTTP status as class attributes. The gateway renders them as S3 XML in one place;
+the client maps codes back to these classes through `error_for_code`.
+
+Corruption (bytes on disk that fail their checksum or do not parse) is its own branch,
+distinct from I/O failure of a backend, as in SeaweedFS's needle package.
+"""
+
+from __future__ import annotations
+
+
+class PetrelError(Exception):
+    """Base: an S3 error. Subclasses set `code`, `status` and a default `message`."""
+
+    code: str = "InternalError"
+    status: int = 500
+    message: str = "We encountered an internal error. Please try again."
+
+    def __init__(self, message: str | None = None, *, resource: str | None = None) -> None:
+        self.detail = message or self.message
+        self.resource = resource
+        super().__init__(self.detail)
+
+
+# ----- buckets ---------------------------------------------------------------------
+class NoSuchBucket(PetrelError):
+    code, status, message = "NoSuchBucket", 404, "The specified bucket does not exist."
+
+
+class BucketAlreadyOwnedByYou(PetrelError):
+    code, status = "BucketAlreadyOwnedByYou", 409
+    message = "The bucket you tried to create already exists, and you own it."
+
+
+class BucketNotEmpty(PetrelError):
+    code, status, message = "BucketNotEmpty", 409, "The bucket you tried to delete is not empty."
+
+
+class InvalidBucketName(PetrelError):
+    code, status, message = "InvalidBucketName", 400, "The specified bucket is not valid."
+
+
+# ----- objects ---------------------------------------------------------------------
+class NoSuchKey(PetrelError):
+    code, status, message = "NoSuchKey", 404, "The specified key does not exist."
+
+
+class KeyTooLongError(PetrelError):
+    code, status, message = "KeyTooLongError", 400, "Your key is too long."
+
+
+class EntityTooLarge(PetrelError):
+    code, status = "EntityTooLarge", 400
+    message = "Your proposed upload exceeds the maximum allowed object size."
+
+
+class MetadataTooLarge(PetrelError):
+    code, status = "MetadataTooLarge", 400
+    message = "Your metadata headers exceed the maximum allowed metadata size."
+
+
+class InvalidRange(PetrelError):
+    code, status, message = "InvalidRange", 416, "The requested range is not satisfiable."
+
+
+class InvalidArgument(PetrelError):
+    code, status, message = "InvalidArgument", 400, "Invalid Argument."
+
+
+class InvalidRequest(PetrelError):
+    code, status, message = "InvalidRequest", 400, "Invalid Request."
+
+
+class BadDigest(PetrelError):
+    code, status = "BadDigest", 400
+    message = "The Content-MD5 you specified did not match what we received."
+
+
+class IncompleteBody(PetrelError):
+    code, status = "IncompleteBody", 400
+    message = "You did not provide the number of bytes specified by the Content-Length."
+
+
+class PreconditionFailed(PetrelError):
+    code, status = "PreconditionFailed", 412
+    message = "At least one of the preconditions you specified did not hold."
+
+
+class TooManyItems(PetrelError):
+    """A batch request over `Limits.batch_items_max` or `batch_bytes_max`."""
+
+    code, status, message = "InvalidRequest", 400, "The batch exceeds its size limit."
+
+
+# ----- service ---------------------------------------------------------------------
+class InternalError(PetrelError):
+    pass
+
+
+class ServiceUnavailable(PetrelError):
+    code, status, message = "ServiceUnavailable", 503, "Please reduce your request rate."
+
+
+class SlowDown(PetrelError):
+    code, status, message = "SlowDown", 503, "Please reduce your request rate."
+
+
+class StoreClosed(ServiceUnavailable):
+    message = "The store is shutting down."
+
+
+# ----- storage faults ----------------------------------------------------------------
+class CorruptionError(PetrelError):
+    """Bytes read from disk or a backend failed their checksum or do not parse.
+
+    Never returned as data: the read fails, the event is logged and counted, and other
+    objects keep being served.
+    """
+
+    code, status = "InternalError", 500
+    message = "Stored data failed its integrity check."
+
+
+class BackendError(PetrelError):
+    """A backend could not complete an operation (I/O error, remote store down)."""
+
+    code, status = "ServiceUnavailable", 503
+    message = "The storage backend is unavailable. Please retry."
+
+
+class BlobNotFound(BackendError):
+    """A backend blob does not exist (a backend contract result, not an S3 404)."""
+
+    code, status = "InternalError", 500
+    message = "A stored blob is missing."
+
+
+def _all_subclasses(cls: type[PetrelError]) -> list[type[PetrelError]]:
+    found: list[type[PetrelError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def error_for_code(code: str) -> type[PetrelError]:
+    """The most specific class for an S3 error code (the client uses this)."""
+    for sub in _all_subclasses(PetrelError):
+        if sub.code == code and sub.__subclasses__() == []:
+            return sub
+    return PetrelError

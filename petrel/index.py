@@ -1,0 +1,241 @@
+"""The index: bucket/key -> location + object summary, in an ordered key-value store.
+
+Two layers:
+
+* `OrderedKV`, the narrow interface an external ordered store could also serve (point
+  get, multi-get, ordered range scan, atomic batch write with compare-and-set).
+  `RocksKV` implements it over RocksDB; it is the only module that imports rocksdict.
+* `Index`, typed rows over that interface. The index is derived data: everything in it
+  can be rebuilt from segments (petrel.recovery.rebuild_index).
+
+Key layout (byte strings; one leading tag byte)::
+
+    b"B" + bucket name                       -> BucketRow
+    b"O" + bucket id (u32 big-endian) + key  -> index value (format.encode_index_value)
+    b"S" + segment id (u32 big-endian)       -> SegmentRow
+    b"M" + name                              -> store metadata
+
+Object keys sort by their UTF-8 bytes under one bucket id, which is S3's list order.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from petrel import format as fmt
+
+TAG_BUCKET, TAG_OBJECT, TAG_SEGMENT, TAG_META = b"B", b"O", b"S", b"M"
+_U32BE = struct.Struct(">I")
+
+# (key, value) to put, or (key, None) to delete.
+Op = tuple[bytes, bytes | None]
+
+
+class OrderedKV(Protocol):
+    def get(self, key: bytes) -> bytes | None:
+        """The value under `key`, or None."""
+        ...
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values for `keys`, in order; None where absent."""
+        ...
+
+    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with start <= key < stop, ascending. A snapshot is not promised."""
+        ...
+
+    def write(self, ops: Iterable[Op], *, expect: Sequence[Op] = (), sync: bool = False) -> bool:
+        """Apply `ops` atomically. If any (key, value) in `expect` does not hold (value
+        None meaning absent), write nothing and return False. `sync` makes the write
+        durable before returning; otherwise it may be lost in a machine crash (never
+        torn: a batch is all or nothing)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RocksKV:
+    """OrderedKV over RocksDB (rocksdict, raw bytes mode)."""
+
+    def __init__(self, path: str) -> None:
+        from rocksdict import DBCompressionType, Options, Rdict, WriteOptions
+
+        os.makedirs(path, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        # Index values hold a random MD5 and checksum (24 bytes) but many zero high
+        # bytes and repeated key prefixes: LZ4 keeps index bytes per object low cheaply.
+        options.set_compression_type(DBCompressionType.lz4())
+        options.set_bottommost_compression_type(DBCompressionType.zstd())
+        options.set_max_background_jobs(2)
+        self._db = Rdict(path, options)
+        self._write_async = WriteOptions()
+        self._write_sync = WriteOptions()
+        self._write_sync.sync = True
+        # Writers are serialised so compare-and-set is atomic against other writers.
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values: list[bytes | None] = self._db.get(list(keys))
+        return values
+
+    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        iterator = self._db.iter()
+        iterator.seek(start)
+        while iterator.valid():
+            key = iterator.key()
+            if key >= stop:
+                return
+            yield key, iterator.value()
+            iterator.next()
+
+    def write(self, ops: Iterable[Op], *, expect: Sequence[Op] = (), sync: bool = False) -> bool:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        with self._write_lock:
+            if expect:
+                current = self.multi_get([key for key, _ in expect])
+                if any(have != want for have, (_, want) in zip(current, expect, strict=True)):
+                    return False
+            self._db.write(batch, self._write_sync if sync else self._write_async)
+        return True
+
+    def disk_bytes(self) -> int:
+        """Bytes of SST files on disk (after a flush), for index-size reporting."""
+        total = 0
+        for name in os.listdir(self._db.path()):
+            if name.endswith(".sst"):
+                total += os.path.getsize(os.path.join(self._db.path(), name))
+        return total
+
+    def flush(self) -> None:
+        self._db.flush(True)
+
+    def compact(self) -> None:
+        self._db.compact_range(None, None)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.flush_wal(True)
+            self._db.close()
+
+
+def prefix_stop(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\xff" * (len(prefix) + 1024)
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def bucket_key(name: str) -> bytes:
+    return TAG_BUCKET + name.encode()
+
+
+def object_prefix(bucket_id: int) -> bytes:
+    return TAG_OBJECT + _U32BE.pack(bucket_id)
+
+
+def object_key(bucket_id: int, key: bytes) -> bytes:
+    return TAG_OBJECT + _U32BE.pack(bucket_id) + key
+
+
+def segment_key(segment_id: int) -> bytes:
+    return TAG_SEGMENT + _U32BE.pack(segment_id)
+
+
+def meta_key(name: str) -> bytes:
+    return TAG_META + name.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str
+    row: fmt.BucketRow
+
+
+class Index:
+    """Typed rows over an OrderedKV. Methods here do no I/O policy: callers decide
+    when to write and whether a write must be synced."""
+
+    def __init__(self, kv: OrderedKV) -> None:
+        self.kv = kv
+
+    # ----- buckets -----------------------------------------------------------------
+    def buckets(self) -> list[Bucket]:
+        stop = prefix_stop(TAG_BUCKET)
+        return [Bucket(k[1:].decode(), fmt.decode_bucket_row(v))
+                for k, v in self.kv.scan(TAG_BUCKET, stop)]
+
+    def bucket_is_empty(self, bucket_id: int) -> bool:
+        prefix = object_prefix(bucket_id)
+        return next(iter(self.kv.scan(prefix, prefix_stop(prefix))), None) is None
+
+    # ----- objects -----------------------------------------------------------------
+    def get_entry(self, bucket_id: int, key: bytes) -> fmt.Entry | None:
+        value = self.kv.get(object_key(bucket_id, key))
+        return None if value is None else fmt.decode_index_value(value)
+
+    def get_entries(self, bucket_id: int, keys: Sequence[bytes]) -> list[fmt.Entry | None]:
+        values = self.kv.multi_get([object_key(bucket_id, k) for k in keys])
+        return [None if v is None else fmt.decode_index_value(v) for v in values]
+
+    def scan_objects(self, bucket_id: int, start_key: bytes = b"",
+                     prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(object key, raw index value) from max(start_key, prefix), ascending,
+        within `prefix`. Values stay raw so a caller that skips keys decodes nothing."""
+        base = object_prefix(bucket_id)
+        start = base + max(start_key, prefix)
+        stop = prefix_stop(base + prefix) if prefix else prefix_stop(base)
+        skip = len(base)
+        for key, value in self.kv.scan(start, stop):
+            yield key[skip:], value
+
+    def iter_all_objects(self) -> Iterator[tuple[int, bytes, fmt.Entry]]:
+        for key, value in self.kv.scan(TAG_OBJECT, prefix_stop(TAG_OBJECT)):
+            (bucket_id,) = _U32BE.unpack_from(key, 1)
+            yield bucket_id, key[5:], fmt.decode_index_value(value)
+
+    # ----- segments ----------------------------------------------------------------
+    def segments(self) -> dict[int, fmt.SegmentRow]:
+        rows: dict[int, fmt.SegmentRow] = {}
+        for key, value in self.kv.scan(TAG_SEGMENT, prefix_stop(TAG_SEGMENT)):
+            (segment_id,) = _U32BE.unpack_from(key, 1)
+            rows[segment_id] = fmt.decode_segment_row(segment_id, value)
+        return rows
+
+    # ----- store metadata ----------------------------------------------------------
+    def get_meta_int(self, name: str, default: int = 0) -> int:
+        value = self.kv.get(meta_key(name))
+        return default if value is None else int.from_bytes(value, "little")
+
+
+def meta_int_op(name: str, value: int) -> Op:
+    return meta_key(name), value.to_bytes(8, "little")
+
+
+def segment_op(row: fmt.SegmentRow) -> Op:
+    return segment_key(row.segment_id), fmt.encode_segment_row(row)
+
+
+def bucket_op(name: str, row: fmt.BucketRow | None) -> Op:
+    return bucket_key(name), None if row is None else fmt.encode_bucket_row(row)

@@ -1,0 +1,225 @@
+"""Segment files on local disk: the active segment being appended to, scanning a
+segment's records (replay, sealing, rebuild), and sealing (footer + fsync).
+
+A local segment file lives at ``<data>/segments/<id as 16 hex digits>.seg`` until it is
+sealed and uploaded; after that the backend holds it under `format.segment_blob_name`.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from petrel import format as fmt
+from petrel.errors import CorruptionError
+
+log = logging.getLogger("petrel.segments")
+
+_IOV_MAX = 1024
+
+
+def local_segment_path(directory: str, segment_id: int) -> str:
+    return os.path.join(directory, f"{segment_id:016x}.seg")
+
+
+def list_local_segments(directory: str) -> list[int]:
+    ids = []
+    for name in os.listdir(directory):
+        stem, dot, ext = name.partition(".")
+        if dot and ext == "seg" and len(stem) == 16:
+            try:
+                ids.append(int(stem, 16))
+            except ValueError:
+                continue
+    return sorted(ids)
+
+
+class ActiveSegment:
+    """A segment open for appends. Offsets are reserved on the event loop thread
+    (`reserve`); bytes are written and synced by the commit thread (`write`), at their
+    reserved offsets, so a reader never sees a record before the index points at it."""
+
+    def __init__(self, path: str, segment_id: int, *, create_ms: int | None = None) -> None:
+        self.path = path
+        self.segment_id = segment_id
+        if create_ms is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            header = fmt.encode_segment_header(fmt.SegmentHeader(segment_id, create_ms))
+            os.pwrite(fd, header, 0)
+            self.tail = len(header)
+        else:
+            fd = os.open(path, os.O_RDWR)
+            self.tail = os.fstat(fd).st_size
+        self.fd = fd
+        self.durable = 0 if create_ms is not None else self.tail
+        self._pending: list[bytes] = []
+        self._pending_start = self.tail
+        self.closed = False
+
+    def reserve(self, record: fmt.EncodedRecord) -> int:
+        offset = self.tail
+        self._pending.extend(record.parts)
+        self.tail += record.length
+        return offset
+
+    def take_pending(self) -> tuple[int, list[bytes], int]:
+        """(start offset, buffers, end offset) of everything reserved since the last
+        take; the caller writes them with `write`."""
+        start, parts, end = self._pending_start, self._pending, self.tail
+        self._pending = []
+        self._pending_start = self.tail
+        return start, parts, end
+
+    def write(self, start: int, parts: list[bytes], end: int, *, sync: bool) -> None:
+        """Write reserved bytes at their offsets; fdatasync when `sync`. Thread: commit."""
+        position = start
+        for first in range(0, len(parts), _IOV_MAX):
+            chunk = parts[first : first + _IOV_MAX]
+            expected = sum(len(p) for p in chunk)
+            written = os.pwritev(self.fd, chunk, position)
+            if written != expected:  # short write: finish it the slow way
+                data = b"".join(chunk)[written:]
+                while data:
+                    count = os.pwrite(self.fd, data, position + written)
+                    written += count
+                    data = data[count:]
+            position += expected
+        assert position == end, (position, end)
+        if sync:
+            os.fdatasync(self.fd)
+        self.durable = end
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What `scan_segment` found: the records, where valid data ends, and any corrupt
+    ranges it skipped (valid records followed them, so they are not a torn tail)."""
+
+    records: list[tuple[int, fmt.Record]] = field(default_factory=list)
+    valid_end: int = fmt.SEGMENT_HEADER_BYTES
+    corrupt_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+
+def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
+                 result: ScanResult | None = None) -> ScanResult:
+    """Decode records in buf[start:end]. A bad record followed by no valid record is a
+    torn tail: scanning stops and `valid_end` marks where to cut. A bad record followed
+    by valid ones is corruption: it is skipped and reported, the rest is kept."""
+    result = result or ScanResult(valid_end=start)
+    view = memoryview(buf)[:end]  # type: ignore[arg-type]
+    position = start
+    while position < end:
+        try:
+            record = fmt.decode_record(view, position)
+        except fmt.CorruptRecord as exc:
+            following = fmt.find_next_record(view, position)
+            if following is None:
+                if not isinstance(exc, fmt.TruncatedRecord):
+                    log.warning("segment tail cut at %d: %s", position, exc)
+                break
+            log.error("corrupt bytes %d..%d skipped: %s", position, following, exc)
+            result.corrupt_ranges.append((position, following))
+            position = following
+            continue
+        result.records.append((position, record))
+        position += record.length
+        result.valid_end = position
+    view.release()
+    return result
+
+
+def scan_file(path: str, start: int = fmt.SEGMENT_HEADER_BYTES, *,
+              sealed: bool = False) -> tuple[fmt.SegmentHeader, ScanResult]:
+    """Scan a local segment file's records from `start` (for a sealed file, up to its
+    footer table). Raises CorruptSegment if the header (or a sealed footer) is bad."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < fmt.SEGMENT_HEADER_BYTES:
+            raise fmt.CorruptSegment(f"{path}: {size} bytes, shorter than a header")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            header = fmt.decode_segment_header(mapped[: fmt.SEGMENT_HEADER_BYTES])
+            end = size
+            if sealed:
+                end = fmt.decode_trailer(mapped[size - fmt.TRAILER_BYTES :]).table_offset
+            result = scan_records(mapped, max(start, fmt.SEGMENT_HEADER_BYTES), end)
+    return header, result
+
+
+def footer_entries(segment_id: int, records: list[tuple[int, fmt.Record]]
+                   ) -> list[fmt.FooterEntry]:
+    entries = []
+    for offset, record in records:
+        size = len(record.payload)
+        if record.flags & fmt.FLAG_LARGE:
+            size = fmt.decode_large_ref(record.payload).size
+        location = fmt.Location(segment_id, offset, record.length, record.checksum)
+        entries.append(fmt.FooterEntry(record.key, fmt.entry_for_record(record, location,
+                                                                          size)))
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class SealResult:
+    segment_id: int
+    size_bytes: int
+    records: int
+    corrupt_ranges: list[tuple[int, int]]
+
+
+def seal_file(path: str) -> SealResult:
+    """Append the footer to a local segment whose writes have all completed, then fsync.
+
+    The records are re-read and verified first, so corruption is caught before the
+    segment is uploaded; a torn tail is cut. Idempotent: a sealed file is left alone.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        tail = os.pread(handle.fileno(), fmt.TRAILER_BYTES, max(0, size - fmt.TRAILER_BYTES))
+    try:
+        trailer = fmt.decode_trailer(tail)
+    except CorruptionError:
+        trailer = None
+    if trailer is not None:
+        header, result = scan_file(path, sealed=True)
+        return SealResult(header.segment_id, size, len(result.records), result.corrupt_ranges)
+    header, result = scan_file(path)
+    footer = fmt.encode_footer(footer_entries(header.segment_id, result.records),
+                               result.valid_end)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, result.valid_end)
+        os.pwrite(fd, footer, result.valid_end)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return SealResult(header.segment_id, result.valid_end + len(footer), len(result.records),
+                      result.corrupt_ranges)
+
+
+def read_footer(reader: Callable[[int, int], bytes], size: int, segment_id: int
+                ) -> list[fmt.FooterEntry]:
+    """A sealed segment's footer table, read through `reader(offset, length)` (a
+    local pread or a backend's get_range)."""
+    if size < fmt.SEGMENT_HEADER_BYTES + fmt.TRAILER_BYTES:
+        raise fmt.CorruptSegment(f"segment {segment_id:x}: too short to be sealed")
+    trailer = fmt.decode_trailer(reader(size - fmt.TRAILER_BYTES, fmt.TRAILER_BYTES))
+    if trailer.table_offset + trailer.table_length + fmt.TRAILER_BYTES != size:
+        raise fmt.CorruptSegment(f"segment {segment_id:x}: footer does not end the file")
+    table = reader(trailer.table_offset, trailer.table_length)
+    return fmt.decode_footer_table(table, trailer, segment_id)
+
+
+def iter_footer_records(entries: list[fmt.FooterEntry]) -> Iterator[fmt.FooterEntry]:
+    """Footer entries in segment order (by offset), for copying live records forward."""
+    return iter(sorted(entries, key=lambda e: e.entry.location.offset))
