@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,9 +60,8 @@ def plan_runs(wants: list[_Want], gap_bytes: int, run_bytes_max: int) -> list[Ru
     return runs
 
 
-async def read_batch(store: Store, items: list[GetItem] | tuple[GetItem, ...] | object
-                     ) -> list[GetResult]:
-    requested: list[GetItem] = list(items)  # type: ignore[call-overload]
+async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
+    requested = list(items)
     results: list[GetResult | None] = [None] * len(requested)
     keys: list[bytes] = []
     positions: list[int] = []
@@ -107,14 +107,15 @@ async def read_batch(store: Store, items: list[GetItem] | tuple[GetItem, ...] | 
                                  fmt.segment_blob_name(run.segment_id), run.start,
                                  run.end - run.start)
             for run in remote), return_exceptions=True)
-        for run, data in zip(remote, datas, strict=True):
-            if isinstance(data, BaseException):
-                error = data if isinstance(data, PetrelError) else PetrelError(str(data))
+        for run, fetched in zip(remote, datas, strict=True):
+            if isinstance(fetched, BaseException):
+                failure = fetched if isinstance(fetched, PetrelError) \
+                    else PetrelError(str(fetched))
                 for want in run.wants:
                     item = requested[want.position]
-                    results[want.position] = GetResult(item, None, None, error)
+                    results[want.position] = GetResult(item, None, None, failure)
             else:
-                _finish_run(store, requested, results, run, data)
+                _finish_run(store, requested, results, run, fetched)
     for position in large:
         item = requested[position]
         try:

@@ -20,9 +20,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 from petrel import format as fmt
 from petrel import index as ix
@@ -34,6 +35,9 @@ from petrel.segments import ActiveSegment, local_segment_path, seal_file
 from petrel.settings import Durability, StoreConfig
 
 log = logging.getLogger("petrel.commit")
+
+# (segment, start offset, buffers, end offset): one segment's share of a commit.
+_Write = tuple[ActiveSegment, int, list[bytes], int]
 
 
 def now_ms() -> int:
@@ -92,6 +96,7 @@ class Committer:
         self._closing = False
         self._last_write = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._seals: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self.on_orphans: Callable[[list[str]], None] = lambda names: None
 
@@ -99,11 +104,10 @@ class Committer:
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run())
         self._spawn(self._seal_when_idle())
-        for segment in self._rolled:
-            self._spawn(self._seal(segment))
+        self._seal_rolled()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -226,7 +230,7 @@ class Committer:
             segments.append(self.active)
         return [s for s in segments if s.durable < s.tail]
 
-    def _write(self, writes: list[tuple[ActiveSegment, int, list[bytes], int]]) -> None:
+    def _write(self, writes: list[_Write]) -> None:
         sync = self.config.durability is not Durability.NONE
         for segment, start, parts, end in writes:
             segment.write(start, parts, end, sync=sync)
@@ -234,8 +238,8 @@ class Committer:
             self._dir_sync_needed = False
             fsync_dir(self.segment_dir)
 
-    def _apply(self, group: list[fmt.FooterEntry],
-               writes: list[tuple[ActiveSegment, int, list[bytes], int]]) -> list[PetrelError | None]:
+    def _apply(self, group: list[fmt.FooterEntry], writes: list[_Write]
+               ) -> list[PetrelError | None]:
         segments = self.applier.segments
         for segment, _, _, end in writes:
             row = segments[segment.segment_id]
@@ -265,7 +269,17 @@ class Committer:
         for segment in list(self._rolled):
             if segment.durable == segment.tail:
                 self._rolled.remove(segment)
-                self._spawn(self._seal(segment))
+                task = asyncio.get_running_loop().create_task(self._seal(segment))
+                self._tasks.add(task)
+                self._seals.add(task)
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._seals.discard)
+
+    async def wait_for_seals(self) -> None:
+        """Wait until every rolled segment is sealed and uploaded (tests, tools)."""
+        while self._seals or any(s.durable == s.tail for s in self._rolled):
+            self._seal_rolled()
+            await asyncio.gather(*list(self._seals))
 
     async def _seal_when_idle(self) -> None:
         period = max(0.05, min(5.0, self.config.seal_idle_s / 4))

@@ -87,7 +87,7 @@ class Compactor:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a failed round is logged, retried later
+            except Exception:
                 log.exception("compaction round failed")
 
     def candidates(self, dead_fraction: float | None = None) -> list[int]:

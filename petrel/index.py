@@ -88,7 +88,8 @@ class RocksKV:
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = self._db.get(list(keys))
+        values = self._db.get(list(keys))
+        assert isinstance(values, list)
         return values
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:

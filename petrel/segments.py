@@ -117,7 +117,7 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
     torn tail: scanning stops and `valid_end` marks where to cut. A bad record followed
     by valid ones is corruption: it is skipped and reported, the rest is kept."""
     result = result or ScanResult(valid_end=start)
-    view = memoryview(buf)[:end]  # type: ignore[arg-type]
+    view = memoryview(buf)[:end]
     position = start
     while position < end:
         try:

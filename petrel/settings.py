@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
-from petrel.limits import MiB, Limits
+from petrel.limits import Limits, MiB
 
 
-class Durability(str, Enum):
+class Durability(StrEnum):
     """When a write is acknowledged.
 
     ALWAYS: fsync before the reply; a commit starts as soon as a writer arrives.
