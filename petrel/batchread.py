@@ -134,13 +134,13 @@ def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult 
         item = requested[want.position]
         entry = want.entry
         try:
-            record = store._check_record(data, entry.location.offset - run.start,
-                                         entry.location, want.full_key)
+            payload = store._check_payload(data, entry.location.offset - run.start,
+                                           entry.location, want.full_key)
             start, length = _resolve_range(item.byte_range, entry.size)
         except PetrelError as exc:
             results[want.position] = GetResult(item, None, None, exc)
             continue
-        body = record.payload
+        body = payload
         if start or length != entry.size:
             body = body[start : start + length]
         info = ObjectInfo.from_entry(item.bucket, item.key, entry)

@@ -101,7 +101,13 @@ class Compactor:
     async def run_once(self, dead_fraction: float | None = None) -> list[CompactionReport]:
         reports = []
         for segment_id in self.candidates(dead_fraction):
-            reports.append(await self.compact_segment(segment_id))
+            async with self._lock:
+                # Another round (the background loop, an explicit call) may have
+                # compacted it since the candidates were picked.
+                row = self.store.applier.segments.get(segment_id)
+                if row is None or row.state != fmt.SEGMENT_SEALED:
+                    continue
+                reports.append(await self._compact(segment_id))
         return reports
 
     async def compact_segment(self, victim: int) -> CompactionReport:
@@ -213,8 +219,8 @@ class Compactor:
                                               f"{old.location.offset} changed")
                     raw = data[old.location.offset - run.start:][: old.location.length]
                     await loop.run_in_executor(store.io_pool, handle.write, raw)
-                    new = replace(old, location=fmt.Location(output, offset, old.location.length,
-                                                             old.location.checksum))
+                    new = old._replace(location=fmt.Location(
+                        output, offset, old.location.length, old.location.checksum))
                     copies.append(_Copy(keep[want.position].key, old, new))
                     offset += old.location.length
                 copied += run.end - run.start

@@ -135,6 +135,66 @@ class BlobNotFound(BackendError):
     message = "A stored blob is missing."
 
 
+# ----- auth --------------------------------------------------------------------------
+# SigV4 verification (gateway/auth.py) and request-body integrity (gateway/chunked.py).
+# Codes, statuses and default messages are those S3 returns.
+class AccessDenied(PetrelError):
+    code, status, message = "AccessDenied", 403, "Access Denied"
+
+
+class SignatureDoesNotMatch(PetrelError):
+    code, status = "SignatureDoesNotMatch", 403
+    message = (
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method."
+    )
+
+
+class InvalidAccessKeyId(PetrelError):
+    code, status = "InvalidAccessKeyId", 403
+    message = "The AWS Access Key Id you provided does not exist in our records."
+
+
+class RequestTimeTooSkewed(PetrelError):
+    code, status = "RequestTimeTooSkewed", 403
+    message = "The difference between the request time and the current time is too large."
+
+
+class AuthorizationHeaderMalformed(PetrelError):
+    code, status = "AuthorizationHeaderMalformed", 400
+    message = "The authorization header you provided is invalid."
+
+
+class AuthorizationQueryParametersError(PetrelError):
+    code, status = "AuthorizationQueryParametersError", 400
+    message = "The authorization query parameters you provided are invalid."
+
+
+class XAmzContentSHA256Mismatch(PetrelError):
+    code, status = "XAmzContentSHA256Mismatch", 400
+    message = "The provided 'x-amz-content-sha256' header does not match what was computed."
+
+
+class InvalidDigest(PetrelError):
+    code, status, message = "InvalidDigest", 400, "The Content-MD5 you specified is not valid."
+
+
+class MissingContentLength(PetrelError):
+    code, status = "MissingContentLength", 411
+    message = "You must provide the Content-Length HTTP header."
+
+
+class MalformedTrailerError(PetrelError):
+    code, status = "MalformedTrailerError", 400
+    message = (
+        "The request contained trailing data that was not well-formed or did not conform "
+        "to our published schema."
+    )
+
+
+# ----- end auth ----------------------------------------------------------------------
+
+
 def _all_subclasses(cls: type[PetrelError]) -> list[type[PetrelError]]:
     found: list[type[PetrelError]] = []
     for sub in cls.__subclasses__():

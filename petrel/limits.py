@@ -33,6 +33,11 @@ class Limits:
     content_type_bytes_max: int = 1 * KiB
     # S3 single PUT ceiling; multipart objects are bounded separately by the gateway.
     object_bytes_max: int = 5 * GiB
+    # Multipart uploads (S3's numbers): every part but the last at least 5 MiB, each at
+    # most 5 GiB; the assembled object at most 5 TiB.
+    multipart_part_bytes_min: int = 5 * MiB
+    multipart_part_bytes_max: int = 5 * GiB
+    multipart_object_bytes_max: int = 5 * 1024 * GiB
     # Objects at or under this size are packed into segments; larger ones are stored
     # whole in the backend.
     pack_threshold_bytes: int = 1 * MiB

@@ -27,6 +27,7 @@ from petrel import index as ix
 from petrel.apply import Applier
 from petrel.backends.base import Backend
 from petrel.errors import BlobNotFound, CorruptionError
+from petrel.settings import StoreConfig
 from petrel.segments import (
     ActiveSegment,
     footer_entries,
@@ -70,11 +71,12 @@ def _apply_chunks(applier: Applier, kv: ix.RocksKV, entries: list[fmt.FooterEntr
         kv.write(applied.ops)
 
 
-def open_state(data_dir: str, backend: Backend, segment_bytes_max: int) -> OpenState:
-    """Open the index and segments under `data_dir`, recovering from a crash."""
+def open_state(config: StoreConfig, backend: Backend) -> OpenState:
+    """Open the index and segments under `config.data_dir`, recovering from a crash."""
+    data_dir = config.data_dir
     seg_dir = segment_dir(data_dir)
     os.makedirs(seg_dir, exist_ok=True)
-    kv = ix.RocksKV(index_dir(data_dir))
+    kv = ix.RocksKV(index_dir(data_dir), cache_bytes=config.index_cache_bytes)
     index = ix.Index(kv)
     rows = index.segments()
     buckets = {b.name: b.row for b in index.buckets()}
@@ -85,6 +87,14 @@ def open_state(data_dir: str, backend: Backend, segment_bytes_max: int) -> OpenS
 
     for segment_id in local_ids:
         path = local_segment_path(seg_dir, segment_id)
+        if os.path.getsize(path) < fmt.SEGMENT_HEADER_BYTES:
+            # Created, killed before its header was written (ActiveSegment creates the
+            # file, then writes the header): no record in it was ever acknowledged.
+            # Kept, it would fail every replay and rebuild, and open would never finish.
+            log.warning("segment %x: no header (%d bytes), removed", segment_id,
+                        os.path.getsize(path))
+            os.unlink(path)
+            continue
         row = rows.get(segment_id)
         if row is None:  # created, crashed before its row was written
             row = fmt.SegmentRow(segment_id, fmt.SEGMENT_ACTIVE)
@@ -96,7 +106,7 @@ def open_state(data_dir: str, backend: Backend, segment_bytes_max: int) -> OpenS
         if not _replay(state, path, row):
             kv.close()
             rebuild_index(data_dir, backend)
-            state = open_state(data_dir, backend, segment_bytes_max)
+            state = open_state(config, backend)
             state.rebuilt = True
             return state
 
@@ -108,7 +118,7 @@ def open_state(data_dir: str, backend: Backend, segment_bytes_max: int) -> OpenS
             del rows[segment_id]
             kv.write([(ix.segment_key(segment_id), None)], sync=True)
 
-    _choose_active(state, segment_bytes_max)
+    _choose_active(state, config.limits.segment_bytes_max)
     state.seq = max([r.max_seq for r in rows.values() if r.max_seq], default=0)
     state.seq = max(state.seq, index.get_meta_int("seq", 0))
     return state
@@ -268,12 +278,17 @@ def rebuild_index(data_dir: str, backend: Backend) -> RebuildReport:
     bucket_entries.sort(key=lambda e: e.entry.seq)
     _apply_chunks(applier, kv, bucket_entries)
     records = len(bucket_entries)
-    for segment_id in sorted(per_segment):
-        objects = [e for e in per_segment.pop(segment_id)
-                   if not e.entry.flags & fmt.FLAG_BUCKET]
-        objects.sort(key=lambda e: e.entry.seq)
-        _apply_chunks(applier, kv, objects)
-        records += len(objects)
+    # Objects in seq order across all segments, not segment by segment: a compaction
+    # output gets a higher id than the active segment, so a delete made after the
+    # compaction sits in a lower-numbered segment than the put copy it deletes. A
+    # tombstone leaves no index entry to compare with, so applying that older put after
+    # it would bring the key back. (Ties, a record and its copy, keep segment order.)
+    objects = [e for segment_id in sorted(per_segment) for e in per_segment[segment_id]
+               if not e.entry.flags & fmt.FLAG_BUCKET]
+    per_segment.clear()
+    objects.sort(key=lambda e: e.entry.seq)
+    _apply_chunks(applier, kv, objects)
+    records += len(objects)
     applied = applier.apply([])
     seq = max([r.max_seq for r in rows.values() if r.max_seq], default=0)
     kv.write([*applied.ops, *(ix.segment_op(r) for r in rows.values()),

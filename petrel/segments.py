@@ -123,12 +123,16 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
         try:
             record = fmt.decode_record(view, position)
         except fmt.CorruptRecord as exc:
+            # Log the message, not the exception: a handler that keeps records (pytest's
+            # capture, MemoryHandler) would keep its traceback, whose frames hold views
+            # of `buf`, and closing the caller's mmap would then raise BufferError.
+            reason = str(exc)
             following = fmt.find_next_record(view, position)
             if following is None:
                 if not isinstance(exc, fmt.TruncatedRecord):
-                    log.warning("segment tail cut at %d: %s", position, exc)
+                    log.warning("segment tail cut at %d: %s", position, reason)
                 break
-            log.error("corrupt bytes %d..%d skipped: %s", position, following, exc)
+            log.error("corrupt bytes %d..%d skipped: %s", position, following, reason)
             result.corrupt_ranges.append((position, following))
             position = following
             continue

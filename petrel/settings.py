@@ -50,6 +50,8 @@ class StoreConfig:
     read_merge_bytes_max: int = 8 * MiB
     # Open segment files kept by the local backend.
     open_files_max: int = 256
+    # RocksDB block cache for the index (data, index and bloom-filter blocks).
+    index_cache_bytes: int = 256 * MiB
     # Worker threads for blocking backend I/O (uploads, remote reads).
     io_threads: int = 4
 

@@ -35,6 +35,7 @@ from petrel.backends.base import Backend
 from petrel.backends.local import LocalBackend
 from petrel.commit import Committer, Pending, make_pending
 from petrel.errors import (
+    BadDigest,
     BucketAlreadyOwnedByYou,
     BucketNotEmpty,
     CorruptionError,
@@ -60,6 +61,7 @@ from petrel.model import (
     PutItem,
     StoreStats,
 )
+from petrel.multipart import Multipart, Part, Upload
 from petrel.recovery import OpenState, open_state, segment_dir
 from petrel.settings import StoreConfig
 
@@ -78,15 +80,26 @@ def check_bucket_name(name: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Located:
+    """An object found in the index: what HEAD answers, and where GET reads from."""
+
+    info: ObjectInfo
+    entry: fmt.Entry
+    full_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectStream:
-    """A streamed GET: `info`, the served range, and the body in chunks. For a full
-    read the content checksum is verified at the end; a mismatch raises
+    """A read: `info`, the served range, and the body in chunks. `body` is set when
+    the whole range is already in memory (packed objects). For a full read of a large
+    object the content checksum is verified at the end; a mismatch raises
     CorruptionError from the iterator (the caller must abort the response)."""
 
     info: ObjectInfo
     start: int
     length: int
     chunks: AsyncIterator[bytes]
+    body: bytes | None = None
 
 
 class Store:
@@ -111,8 +124,10 @@ class Store:
         self.open_report = state
         self.corruptions_detected = 0
         self._pending_keys: dict[bytes, int] = {}
+        self._blob_names: dict[int, str] = {}
         self._background: set[asyncio.Future[None]] = set()
         self.compactor: object | None = None
+        self._multipart: Multipart | None = None
         self._closed = False
 
     # ----- open / close ------------------------------------------------------------
@@ -129,8 +144,7 @@ class Store:
                                    open_files_max=config.open_files_max)
         loop = asyncio.get_running_loop()
         io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="petrel-io")
-        state = await loop.run_in_executor(
-            io_pool, open_state, config.data_dir, backend, config.limits.segment_bytes_max)
+        state = await loop.run_in_executor(io_pool, open_state, config, backend)
         store = cls(config, backend, state, io_pool)
         if state.dead_blobs:
             store._delete_blobs_later(state.dead_blobs)
@@ -253,11 +267,11 @@ class Store:
                     del self._pending_keys[key]
 
     def _object_pending(self, bucket: str, key: bytes, data: bytes, meta: bytes,
-                        md5: bytes | None = None) -> Pending:
+                        md5: bytes | None = None, parts: int = 0) -> Pending:
         digest = md5 if md5 is not None else hashlib.md5(data).digest()
         return make_pending(key=bucket.encode() + b"/" + key, flags=0,
                             seq=self.committer.next_seq(), payload=data, size=len(data),
-                            meta=meta, md5=digest)
+                            meta=meta, md5=digest, parts=parts)
 
     # ----- objects: writes ---------------------------------------------------------
     async def put_object(self, bucket: str, key: str, data: bytes,
@@ -272,20 +286,23 @@ class Store:
         if len(data) > self.limits.pack_threshold_bytes:
             return await self._put_large(bucket, key, raw_key, raw_meta, [data], len(data),
                                          md5, parts)
-        pending = self._object_pending(bucket, raw_key, data, raw_meta, md5)
-        if parts:
-            pending = make_pending(key=pending.key, flags=0, seq=pending.seq, payload=data,
-                                   size=len(data), meta=raw_meta, md5=pending.md5, parts=parts)
+        pending = self._object_pending(bucket, raw_key, data, raw_meta, md5, parts)
         (error,) = await self._submit([pending])
         if error is not None:
             raise error
         return self._info(bucket, key, pending)
 
     async def put_object_stream(self, bucket: str, key: str, chunks: AsyncIterable[bytes],
-                                meta: fmt.ObjectMeta = fmt.EMPTY_META) -> ObjectInfo:
+                                meta: fmt.ObjectMeta = fmt.EMPTY_META, *,
+                                expected_md5: bytes | None = None,
+                                etag: tuple[bytes, int] | None = None,
+                                size_max: int | None = None) -> ObjectInfo:
         """As put_object, from an async stream of chunks (bodies larger than memory).
-        Nothing becomes visible if the stream fails part way."""
+        Nothing becomes visible if the stream fails part way, or if `expected_md5`
+        (Content-MD5) does not match (BadDigest). `etag` (MD5, part count) replaces the
+        computed ETag (multipart uploads); `size_max` raises the size limit for them."""
         self._bucket(bucket)
+        object_bytes_max = size_max or self.limits.object_bytes_max
         raw_key, raw_meta = self._key(key), self._meta(meta)
         buffered: list[bytes] = []
         size = 0
@@ -294,14 +311,20 @@ class Store:
         async for chunk in iterator:
             size += len(chunk)
             md5.update(chunk)
-            if size > self.limits.object_bytes_max:
+            if size > object_bytes_max:
                 raise EntityTooLarge(resource=key)
             buffered.append(chunk)
             if size > self.limits.pack_threshold_bytes:
-                return await self._put_large(bucket, key, raw_key, raw_meta, buffered, None,
-                                             None, 0, rest=iterator, md5_state=md5)
+                return await self._put_large(
+                    bucket, key, raw_key, raw_meta, buffered, None,
+                    etag[0] if etag else None, etag[1] if etag else 0, rest=iterator,
+                    md5_state=md5, expected_md5=expected_md5, size_max=object_bytes_max)
         data = b"".join(buffered)
-        pending = self._object_pending(bucket, raw_key, data, raw_meta, md5.digest())
+        if expected_md5 is not None and expected_md5 != md5.digest():
+            raise BadDigest(resource=key)
+        pending = self._object_pending(bucket, raw_key, data, raw_meta,
+                                       etag[0] if etag else md5.digest(),
+                                       etag[1] if etag else 0)
         (error,) = await self._submit([pending])
         if error is not None:
             raise error
@@ -310,7 +333,9 @@ class Store:
     async def _put_large(self, bucket: str, key: str, raw_key: bytes, raw_meta: bytes,
                          head: list[bytes], size: int | None, md5: bytes | None, parts: int,
                          *, rest: AsyncIterator[bytes] | None = None,
-                         md5_state: hashlib._Hash | None = None) -> ObjectInfo:
+                         md5_state: hashlib._Hash | None = None,
+                         expected_md5: bytes | None = None,
+                         size_max: int | None = None) -> ObjectInfo:
         """Spool to a temp file, store it whole as a backend blob, then append a small
         pointer record. A crash before the record leaves an orphan blob, never a
         visible partial object."""
@@ -326,17 +351,19 @@ class Store:
                     handle.write(chunk)
                     checksum.update(chunk)
                     total += len(chunk)
-                    if md5_state is None and md5 is None:
+                    if md5_state is None:
                         hasher.update(chunk)
                 if rest is not None:
                     async for chunk in rest:
                         total += len(chunk)
-                        if total > self.limits.object_bytes_max:
+                        if total > (size_max or self.limits.object_bytes_max):
                             raise EntityTooLarge(resource=key)
                         hasher.update(chunk)
                         checksum.update(chunk)
                         await loop.run_in_executor(self.io_pool, handle.write, chunk)
             blob = large_blob_name(seq)
+            if expected_md5 is not None and expected_md5 != hasher.digest():
+                raise BadDigest(resource=key)
             await loop.run_in_executor(self.io_pool, self.backend.put_file, blob, spool)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -470,30 +497,45 @@ class Store:
         entry, raw_key = self._entry(bucket, key)
         info = ObjectInfo.from_entry(bucket, key, entry)
         start, length = _resolve_range(byte_range, entry.size)
-        record = await self._read_record(entry, bucket.encode() + b"/" + raw_key)
+        payload = await self._read_payload(entry, bucket.encode() + b"/" + raw_key)
         if entry.flags & fmt.FLAG_LARGE:
-            body = await self._read_large(record, start, length)
+            body = await self._read_large(payload, start, length)
         elif start == 0 and length == entry.size:
-            body = record.payload
+            body = payload
         else:
-            body = record.payload[start : start + length]
+            body = payload[start : start + length]
         return ObjectData(info, body, start)
+
+    def locate_object(self, bucket: str, key: str) -> Located:
+        """Look an object up in the index (no segment read). Raises NoSuchBucket,
+        NoSuchKey."""
+        entry, raw_key = self._entry(bucket, key)
+        return Located(ObjectInfo.from_entry(bucket, key, entry), entry,
+                       bucket.encode() + b"/" + raw_key)
+
+    async def read_object(self, located: Located, byte_range: ByteRange | None = None,
+                          chunk_bytes: int = _STREAM_CHUNK_BYTES) -> ObjectStream:
+        """Read what `locate_object` found: packed objects in one verified read, large
+        ones streamed from the backend in `chunk_bytes` pieces."""
+        entry = located.entry
+        start, length = _resolve_range(byte_range, entry.size)
+        payload = await self._read_payload(entry, located.full_key)
+        if not entry.flags & fmt.FLAG_LARGE:
+            body = payload if start == 0 and length == entry.size else \
+                payload[start : start + length]
+            return ObjectStream(located.info, start, length, _one_chunk(body), body)
+        ref = fmt.decode_large_ref(payload)
+        chunks = self._stream_large(ref, start, length, chunk_bytes)
+        return ObjectStream(located.info, start, length, chunks)
 
     async def open_object(self, bucket: str, key: str, byte_range: ByteRange | None = None,
                           chunk_bytes: int = _STREAM_CHUNK_BYTES) -> ObjectStream:
         """A streamed read, for objects too large to hold in memory at once."""
-        entry, raw_key = self._entry(bucket, key)
-        info = ObjectInfo.from_entry(bucket, key, entry)
-        start, length = _resolve_range(byte_range, entry.size)
-        record = await self._read_record(entry, bucket.encode() + b"/" + raw_key)
-        if not entry.flags & fmt.FLAG_LARGE:
-            body = record.payload[start : start + length]
-            return ObjectStream(info, start, length, _one_chunk(body))
-        ref = fmt.decode_large_ref(record.payload)
-        chunks = self._stream_large(ref, start, length, chunk_bytes)
-        return ObjectStream(info, start, length, chunks)
+        return await self.read_object(self.locate_object(bucket, key), byte_range,
+                                      chunk_bytes)
 
-    async def _read_record(self, entry: fmt.Entry, full_key: bytes) -> fmt.Record:
+    async def _read_payload(self, entry: fmt.Entry, full_key: bytes) -> bytes:
+        """The verified payload of the record `entry` points at."""
         location = entry.location
         data = self._read_local(location)
         if data is None:
@@ -501,34 +543,36 @@ class Store:
             data = await loop.run_in_executor(
                 self.io_pool, self.backend.get_range,
                 fmt.segment_blob_name(location.segment_id), location.offset, location.length)
-        return self._check_record(data, 0, location, full_key)
+        return self._check_payload(data, 0, location, full_key)
 
     def _read_local(self, location: fmt.Location) -> bytes | None:
-        """The record's bytes if they can be read without leaving the event loop."""
+        """The bytes at `location` if they can be read without leaving the event loop."""
         segment = self.committer.local.get(location.segment_id)
         if segment is not None:
             return segment.read(location.offset, location.length)
         if self.backend.reads_are_local:
-            return self.backend.get_range(fmt.segment_blob_name(location.segment_id),
-                                          location.offset, location.length)
+            name = self._blob_names.get(location.segment_id)
+            if name is None:
+                name = self._blob_names[location.segment_id] = fmt.segment_blob_name(
+                    location.segment_id)
+                if len(self._blob_names) > 4 * self.config.open_files_max:
+                    self._blob_names.clear()
+            return self.backend.get_range(name, location.offset, location.length)
         return None
 
-    def _check_record(self, data: bytes, offset: int, location: fmt.Location,
-                      full_key: bytes) -> fmt.Record:
+    def _check_payload(self, data: bytes, offset: int, location: fmt.Location,
+                       full_key: bytes) -> bytes:
         try:
-            record = fmt.decode_record(data, offset)
-            if record.checksum != location.checksum or record.key != full_key:
-                raise fmt.CorruptRecord("record does not match its index entry")
+            return fmt.verified_payload(data, offset, location, full_key)
         except CorruptionError as exc:
             self.corruptions_detected += 1
             log.error("corrupt record for %r in segment %x at %d: %s", full_key,
                       location.segment_id, location.offset, exc)
             raise CorruptionError(f"stored object failed its integrity check ({exc})",
                                   resource=full_key.decode(errors="replace")) from exc
-        return record
 
-    async def _read_large(self, record: fmt.Record, start: int, length: int) -> bytes:
-        ref = fmt.decode_large_ref(record.payload)
+    async def _read_large(self, payload: bytes, start: int, length: int) -> bytes:
+        ref = fmt.decode_large_ref(payload)
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(self.io_pool, self.backend.get_range, ref.blob,
                                           start, length)
@@ -578,6 +622,64 @@ class Store:
         max_keys = max(0, min(max_keys, self.limits.list_keys_max))
         return list_objects(self.index, bucket, row.bucket_id, prefix=prefix,
                             delimiter=delimiter, start_after=start_after, max_keys=max_keys)
+
+    # ----- multipart ---------------------------------------------------------------
+    @property
+    def multipart(self) -> Multipart:
+        if self._multipart is None:
+            self._multipart = Multipart(
+                os.path.join(self.config.data_dir, "uploads"),
+                part_bytes_min=self.limits.multipart_part_bytes_min,
+                part_bytes_max=self.limits.multipart_part_bytes_max,
+                object_bytes_max=self.limits.multipart_object_bytes_max)
+        return self._multipart
+
+    def create_multipart_upload(self, bucket: str, key: str,
+                                meta: fmt.ObjectMeta = fmt.EMPTY_META) -> Upload:
+        self._bucket(bucket)
+        self._key(key)
+        self._meta(meta)
+        return self.multipart.create(bucket, key, meta)
+
+    async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
+                          chunks: AsyncIterable[bytes], expected_md5: bytes | None = None
+                          ) -> Part:
+        upload = self.multipart.get(upload_id, bucket, key)
+        return await self.multipart.upload_part(upload, part_number, chunks, expected_md5)
+
+    async def upload_part_copy(self, bucket: str, key: str, upload_id: str,
+                               part_number: int, src_bucket: str, src_key: str,
+                               byte_range: ByteRange | None = None) -> Part:
+        upload = self.multipart.get(upload_id, bucket, key)
+        source = await self.open_object(src_bucket, src_key, byte_range)
+        return await self.multipart.upload_part(upload, part_number, source.chunks)
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        return self.multipart.list_parts(self.multipart.get(upload_id, bucket, key))
+
+    def list_multipart_uploads(self, bucket: str, prefix: str = "") -> list[Upload]:
+        self._bucket(bucket)
+        return self.multipart.list_uploads(bucket, prefix)
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        self.multipart.abort(self.multipart.get(upload_id, bucket, key))
+
+    async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                        parts: Sequence[tuple[int, str]]) -> ObjectInfo:
+        """Assemble the listed parts into bucket/key (ETag: MD5 of part MD5s, -N), then
+        drop the staged parts. Raises InvalidPart, InvalidPartOrder, EntityTooSmall."""
+        multipart = self.multipart
+        upload = multipart.get(upload_id, bucket, key)
+        multipart.begin_complete(upload_id)
+        try:
+            chosen, digest = multipart.plan_complete(upload, parts)
+            info = await self.put_object_stream(
+                bucket, key, multipart.read_parts(upload, chosen), upload.meta,
+                etag=(digest, len(chosen)), size_max=self.limits.multipart_object_bytes_max)
+            multipart.abort(upload)
+        finally:
+            multipart.end_complete(upload_id)
+        return info
 
     # ----- stats -------------------------------------------------------------------
     def stats(self) -> StoreStats:

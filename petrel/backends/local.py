@@ -8,9 +8,11 @@ segments the store seals), and copies otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections import OrderedDict
@@ -21,6 +23,9 @@ from petrel.backends.base import check_blob_name
 from petrel.errors import BackendError, BlobNotFound, InvalidArgument
 
 _TMP_DIR = ".tmp"
+# What opening or stat-ing a name that is not a blob raises: no such file, a path through
+# a blob ("a/b" when "a" is a blob), or a directory ("a" when only "a/b" is a blob).
+_NOT_A_BLOB = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def fsync_dir(path: str) -> None:
@@ -45,6 +50,9 @@ class LocalBackend:
         # File objects, not raw fds: a reader holding a reference keeps its fd open even
         # if the cache evicts it meanwhile, so an fd is never closed under a pread.
         self._files: OrderedDict[str, BinaryIO] = OrderedDict()
+        # Bumped by every replace or delete: a handle opened while it changed may be of
+        # the old file, so `_open` uses it for its own read but does not cache it.
+        self._invalidations = 0
         self._lock = threading.Lock()
 
     @property
@@ -63,10 +71,22 @@ class LocalBackend:
 
     def _publish(self, tmp: str, path: str) -> None:
         parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
+        self._make_dirs(parent)
         os.replace(tmp, path)
         fsync_dir(parent)
         self._forget(path)
+
+    def _make_dirs(self, directory: str) -> None:
+        # A new directory's own entry must be fsynced into its parent too, or the blob
+        # below it can vanish with it after a machine crash.
+        created: list[str] = []
+        while not os.path.isdir(directory):
+            created.append(directory)
+            directory = os.path.dirname(directory)
+        for new in reversed(created):
+            with contextlib.suppress(FileExistsError):  # made by a concurrent put
+                os.mkdir(new)
+            fsync_dir(os.path.dirname(new))
 
     # ----- writes ------------------------------------------------------------------
     def put_file(self, name: str, path: str) -> None:
@@ -79,7 +99,8 @@ class LocalBackend:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as handle:
+            # Read-only: a hard link shares the source's mode, which may be 0o444.
+            with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             self._publish(tmp, target)
         except FileNotFoundError as exc:
@@ -113,13 +134,16 @@ class LocalBackend:
             if handle is not None:
                 self._files.move_to_end(path)
                 return handle
+            invalidations = self._invalidations
         try:
             handle = open(path, "rb", buffering=0)  # noqa: SIM115 - cached, closed on evict
-        except FileNotFoundError as exc:
+        except _NOT_A_BLOB as exc:
             raise BlobNotFound(f"no blob {name}") from exc
         except OSError as exc:
             raise BackendError(f"local backend open {name}: {exc}") from exc
         with self._lock:
+            if invalidations != self._invalidations:
+                return handle  # maybe the replaced or deleted file: not for later reads
             self._files[path] = handle
             while len(self._files) > self._open_files_max:
                 self._files.popitem(last=False)
@@ -127,6 +151,7 @@ class LocalBackend:
 
     def _forget(self, path: str) -> None:
         with self._lock:
+            self._invalidations += 1
             self._files.pop(path, None)
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
@@ -134,19 +159,23 @@ class LocalBackend:
             raise InvalidArgument(f"bad range {offset}+{length}")
         handle = self._open(name)
         try:
+            # Checked against the size first: pread would allocate `length` bytes before
+            # finding the end, and a zero-length read past the end returns b"" silently.
+            if offset + length > os.fstat(handle.fileno()).st_size:
+                raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
             data = os.pread(handle.fileno(), length, offset)
         except OSError as exc:
             raise BackendError(f"local backend read {name}: {exc}") from exc
         if len(data) != length:
-            raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
+            raise BackendError(f"local backend read {name}: short read at {offset}+{length}")
         return data
 
     def get_file(self, name: str, path: str) -> None:
         source = self._path(name)
         try:
             shutil.copyfile(source, path)
-        except FileNotFoundError as exc:
-            if not os.path.exists(source):
+        except _NOT_A_BLOB as exc:
+            if not os.path.isfile(source):
                 raise BlobNotFound(f"no blob {name}") from exc
             raise BackendError(f"local backend get {name}: {exc}") from exc
         except OSError as exc:
@@ -154,9 +183,14 @@ class LocalBackend:
 
     def size(self, name: str) -> int:
         try:
-            return os.stat(self._path(name)).st_size
-        except FileNotFoundError as exc:
+            status = os.stat(self._path(name))
+        except _NOT_A_BLOB as exc:
             raise BlobNotFound(f"no blob {name}") from exc
+        except OSError as exc:
+            raise BackendError(f"local backend size {name}: {exc}") from exc
+        if not stat.S_ISREG(status.st_mode):
+            raise BlobNotFound(f"no blob {name} (a directory of blobs)")
+        return status.st_size
 
     def path_of(self, name: str) -> str:
         """The file holding blob `name` (local backend only; for mmap and tools)."""
@@ -165,14 +199,17 @@ class LocalBackend:
     # ----- delete and list ---------------------------------------------------------
     def delete(self, name: str) -> None:
         path = self._path(name)
-        self._forget(path)
         try:
             os.unlink(path)
-        except FileNotFoundError:
+            fsync_dir(os.path.dirname(path))
+        except _NOT_A_BLOB:
             return
         except OSError as exc:
             raise BackendError(f"local backend delete {name}: {exc}") from exc
-        fsync_dir(os.path.dirname(path))
+        finally:
+            # After the unlink, not before: a reader opening in between would cache the
+            # doomed file and keep serving it after delete returned.
+            self._forget(path)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         names: list[str] = []

@@ -1,0 +1,164 @@
+"""The aiohttp application: middlewares, the S3 dispatcher, health and metrics.
+
+    app = build_app(GatewaySettings(...), StoreConfig(data_dir=...))
+    web.run_app(app, ...)   # petrel serve does this, on uvloop
+
+App state lives under typed `web.AppKey`s, set up and torn down in `cleanup_ctx`; the
+store is opened when the app starts and closed (pending commits flushed, files synced)
+when it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from petrel.errors import PetrelError, SlowDown
+from petrel.settings import StoreConfig
+from petrel.store import Store
+from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
+from petrel_gateway.context import OPERATION, REQUEST_ID
+from petrel_gateway.errors import MethodNotAllowed, NotImplementedOperation, s3_errors
+from petrel_gateway.errors import Handler as Handler
+from petrel_gateway.handlers.base import Call
+from petrel_gateway.metrics import Metrics
+from petrel_gateway.request import resolve_target
+from petrel_gateway.routes import BUCKET, OBJECT, SERVICE, UNSUPPORTED_SUBRESOURCES, find_route
+from petrel_gateway.settings import GatewaySettings
+from petrel_gateway.xml import Owner
+
+log = logging.getLogger("petrel.gateway")
+
+
+@dataclass(slots=True)
+class Inflight:
+    count: int = 0
+
+
+STORE = web.AppKey("petrel.store", Store)
+SETTINGS = web.AppKey("petrel.settings", GatewaySettings)
+METRICS = web.AppKey("petrel.metrics", Metrics)
+INFLIGHT = web.AppKey("petrel.inflight", Inflight)
+
+
+def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[request_ids, inflight_limit, observed, s3_errors],
+        client_max_size=settings.xml_body_bytes_max,
+        handler_args={
+            "max_line_size": settings.header_line_bytes_max,
+            "max_field_size": settings.header_field_bytes_max,
+            "max_headers": settings.headers_max,
+        },
+    )
+    app[SETTINGS] = settings
+    app[INFLIGHT] = Inflight()
+    app[VERIFIER] = make_verifier(settings)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = await Store.open(store_config)
+        app[STORE] = store
+        app[METRICS] = Metrics(store.stats)
+        log.info("store open at %s", store_config.data_dir)
+        yield
+        await store.close()
+        log.info("store closed")
+
+    app.cleanup_ctx.append(store_ctx)
+    app.on_response_prepare.append(_stamp_response)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+# ----- middlewares -----------------------------------------------------------------
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = uuid.uuid4().hex[:16].upper()
+    return await handler(request)
+
+
+async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID, "")
+    response.headers["x-amz-request-id"] = request_id
+    response.headers["x-amz-id-2"] = request_id
+    response.headers["Server"] = "petrel"
+
+
+@web.middleware
+async def inflight_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    inflight = request.app[INFLIGHT]
+    if inflight.count >= request.app[SETTINGS].inflight_requests_max:
+        from petrel_gateway.errors import error_response
+
+        return error_response(request, SlowDown())
+    inflight.count += 1
+    try:
+        return await handler(request)
+    finally:
+        inflight.count -= 1
+
+
+@web.middleware
+async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    operation = request.get(OPERATION)
+    if operation is not None and METRICS in request.app:
+        sent = response.body_length if response.prepared else 0
+        request.app[METRICS].observe(operation, response.status,
+                                     time.perf_counter() - started,
+                                     request.content_length or 0, sent)
+    return response
+
+
+# ----- endpoints -------------------------------------------------------------------
+def _is_probe(request: web.Request) -> bool:
+    """/healthz and /metrics are served to unsigned GETs without a query; a signed
+    request to those paths addresses a bucket of that name."""
+    return "Authorization" not in request.headers and not request.query_string
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    if not _is_probe(request):
+        return await dispatch(request)
+    store = request.app[STORE]
+    store.committer.check_writable()
+    return web.Response(text="ok\n")
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    if not _is_probe(request):
+        return await dispatch(request)
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    target = resolve_target(request, settings.virtual_host_domains)
+    kind = SERVICE if target.bucket is None else BUCKET if target.key is None else OBJECT
+    if UNSUPPORTED_SUBRESOURCES.intersection(request.query.keys()):
+        raise NotImplementedOperation()
+    route = find_route(request.method, kind, request)
+    if route is None:
+        raise MethodNotAllowed()
+    request[OPERATION] = route.name
+    identity = authenticate(request, settings, target.bucket, route.name)
+    call = Call(request=request, store=request.app[STORE], settings=settings,
+                bucket=target.bucket or "", key=target.key or "",
+                owner=Owner(identity.owner_id, identity.owner_id),
+                body_reader=identity.body_reader)
+    try:
+        return await route.handler(call)
+    except PetrelError as exc:
+        if exc.resource is None:
+            exc.resource = f"/{target.bucket}/{target.key}" if target.key else \
+                f"/{target.bucket or ''}"
+        raise

@@ -1,0 +1,706 @@
+"""AWS Signature Version 4 verification for S3 requests: pure code, no HTTP framework.
+
+The gateway calls `SigV4Verifier.verify(method, raw_path, raw_query, headers)` once per
+request, before it reads the body. It returns an `AuthResult` that names the payload mode
+the body must then be checked under (`gateway/chunked.py` does that), or raises one of the
+`petrel.errors` auth errors:
+
+| condition                                             | error                              |
+| ----------------------------------------------------- | ---------------------------------- |
+| no Authorization header and no X-Amz-Algorithm query  | AccessDenied                       |
+| header auth without a usable date                     | AccessDenied                       |
+| malformed Authorization header / credential scope     | AuthorizationHeaderMalformed       |
+| malformed or missing presign query parameters         | AuthorizationQueryParametersError  |
+| both header and query auth; a SigV2 request           | InvalidArgument / InvalidRequest   |
+| access key not in `Credentials`                       | InvalidAccessKeyId                 |
+| header auth more than `clock_skew_s_max` off          | RequestTimeTooSkewed               |
+| presigned URL past X-Amz-Expires, or dated the future | AccessDenied                       |
+| host or an x-amz-* header present but not signed      | AccessDenied                       |
+| missing / invalid x-amz-content-sha256 (header auth)  | InvalidRequest / InvalidArgument   |
+| signature differs                                     | SignatureDoesNotMatch              |
+
+Canonicalisation follows S3, not the generic SigV4 rules: the path is percent-decoded and
+encoded once (never twice, never dot-normalised); query names and values are decoded
+(`+` is a space, as aiohttp decodes it for the handlers), encoded, and sorted, with
+`name=` for empty values; header values are trimmed with inner whitespace runs collapsed
+(as botocore does); the payload hash is the x-amz-content-sha256 value.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+from petrel.errors import (
+    AccessDenied,
+    AuthorizationHeaderMalformed,
+    AuthorizationQueryParametersError,
+    InvalidAccessKeyId,
+    InvalidArgument,
+    InvalidRequest,
+    PetrelError,
+    RequestTimeTooSkewed,
+    SignatureDoesNotMatch,
+)
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+SERVICE = "s3"
+TERMINATOR = "aws4_request"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+# Characters that would make the Authorization header or the credential ambiguous.
+_ACCESS_KEY_ID = re.compile(r"[^\s/,=]{1,128}")
+_PRESIGN_PARAMS = (
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+)
+
+
+class PayloadMode(enum.Enum):
+    """What x-amz-content-sha256 says about the body (values are the wire strings)."""
+
+    SHA256 = "sha256"  # a hex digest of the whole body, in `AuthResult.payload_sha256`
+    UNSIGNED = "UNSIGNED-PAYLOAD"
+    STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+    STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+
+    @property
+    def chunked(self) -> bool:
+        """The body is aws-chunked encoded."""
+        return self.value.startswith("STREAMING-")
+
+    @property
+    def signed_chunks(self) -> bool:
+        return self in (PayloadMode.STREAMING_SIGNED, PayloadMode.STREAMING_SIGNED_TRAILER)
+
+    @property
+    def trailer(self) -> bool:
+        return self.value.endswith("-TRAILER")
+
+
+# ----- configuration -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AuthLimits:
+    """Bounds on what a signature may claim (S3's own values by default)."""
+
+    # S3: a header-signed request more than 15 minutes off the server clock is refused.
+    clock_skew_s_max: int = 15 * 60
+    # S3: X-Amz-Expires is at most 7 days.
+    presign_expires_s_max: int = 7 * 24 * 3600
+    # Derived signing keys kept; one per (secret, day, region) in use.
+    signing_key_cache_entries_max: int = 256
+    # SignedHeaders entries; botocore signs ~10, a request has at most ~100 headers.
+    signed_headers_max: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clock_skew_s_max <= 24 * 3600:
+            raise ValueError(f"clock_skew_s_max={self.clock_skew_s_max} outside [0, 86400]")
+        if not 1 <= self.presign_expires_s_max <= 7 * 24 * 3600:
+            raise ValueError(f"presign_expires_s_max={self.presign_expires_s_max} invalid")
+        if self.signing_key_cache_entries_max < 1 or self.signed_headers_max < 1:
+            raise ValueError("signing_key_cache_entries_max and signed_headers_max must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The access keys the gateway accepts. Immutable; build a new one to rotate keys."""
+
+    pairs: tuple[KeyPair, ...]
+    _secrets: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        secrets: dict[str, str] = {}
+        for pair in self.pairs:
+            if not _ACCESS_KEY_ID.fullmatch(pair.access_key_id):
+                raise ValueError(f"invalid access key id {pair.access_key_id!r}")
+            if not pair.secret_access_key:
+                raise ValueError(f"empty secret for access key id {pair.access_key_id!r}")
+            if pair.access_key_id in secrets:
+                raise ValueError(f"duplicate access key id {pair.access_key_id!r}")
+            secrets[pair.access_key_id] = pair.secret_access_key
+        object.__setattr__(self, "_secrets", MappingProxyType(secrets))
+
+    @classmethod
+    def of(cls, secrets: Mapping[str, str]) -> Credentials:
+        """From {access_key_id: secret_access_key}."""
+        return cls(tuple(KeyPair(key, secret) for key, secret in secrets.items()))
+
+    def secret_for(self, access_key_id: str) -> str:
+        """The secret for `access_key_id`; raises InvalidAccessKeyId if unknown."""
+        secret = self._secrets.get(access_key_id)
+        if secret is None:
+            raise InvalidAccessKeyId()
+        return secret
+
+
+# ----- results -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChunkSigning:
+    """What signed aws-chunked bodies chain from: each chunk signature covers the previous
+    one, starting with the request's own (seed) signature."""
+
+    seed_signature: str
+    signing_key: bytes = field(repr=False)
+    amz_date: str  # the request timestamp, e.g. "20130524T000000Z"
+    scope: str  # e.g. "20130524/us-east-1/s3/aws4_request"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    access_key_id: str
+    region: str
+    presigned: bool
+    payload_mode: PayloadMode
+    # Lowercase hex the body must hash to; set only when payload_mode is SHA256.
+    payload_sha256: str | None
+    # The chain seed for signed aws-chunked bodies; set whenever the request was signed
+    # (the body decoder uses it only in the STREAMING-AWS4-HMAC-SHA256-* modes).
+    chunk_signing: ChunkSigning
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What a request says about its own signature, before it is checked."""
+
+    access_key_id: str
+    day: str
+    region: str
+    amz_date: str
+    signed_at: datetime
+    signed_headers: tuple[str, ...]
+    signature: str
+    payload_hash: str
+    expires_s: int | None  # set for presigned URLs
+
+    @property
+    def scope(self) -> str:
+        return f"{self.day}/{self.region}/{SERVICE}/{TERMINATOR}"
+
+
+# ----- signing primitives (shared with gateway/chunked.py) -----------------------------
+def _hmac(key: bytes, message: str | bytes) -> bytes:
+    data = message.encode() if isinstance(message, str) else message
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def derive_signing_key(secret: str, day: str, region: str) -> bytes:
+    """kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, day), region), "s3"), "aws4_request")."""
+    key = _hmac(("AWS4" + secret).encode(), day)
+    for part in (region, SERVICE, TERMINATOR):
+        key = _hmac(key, part)
+    return key
+
+
+def sign(signing_key: bytes, string_to_sign: str) -> str:
+    return hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def chunk_signature(signing: ChunkSigning, previous: str, chunk_sha256_hex: str) -> str:
+    """The signature of one aws-chunked chunk, chained from `previous`."""
+    string_to_sign = "\n".join(
+        (
+            "AWS4-HMAC-SHA256-PAYLOAD",
+            signing.amz_date,
+            signing.scope,
+            previous,
+            EMPTY_SHA256,
+            chunk_sha256_hex,
+        )
+    )
+    return sign(signing.signing_key, string_to_sign)
+
+
+def trailer_signature(signing: ChunkSigning, previous: str, canonical_trailers: bytes) -> str:
+    """The x-amz-trailer-signature value: covers the trailer lines ("name:value\\n" each)
+    and the final chunk's signature."""
+    string_to_sign = "\n".join(
+        (
+            "AWS4-HMAC-SHA256-TRAILER",
+            signing.amz_date,
+            signing.scope,
+            previous,
+            hashlib.sha256(canonical_trailers).hexdigest(),
+        )
+    )
+    return sign(signing.signing_key, string_to_sign)
+
+
+def signatures_equal(expected: str, claimed: str) -> bool:
+    """Constant-time comparison of two hex signatures."""
+    return hmac.compare_digest(expected.encode(), claimed.encode())
+
+
+class SigningKeyCache:
+    """Derived signing keys per (secret, day, region), least recently used evicted first;
+    counts its hits and misses. Not shared between verifiers; not thread-safe (the
+    gateway verifies on its event loop)."""
+
+    def __init__(self, entries_max: int) -> None:
+        assert entries_max >= 1
+        self._entries_max = entries_max
+        self._keys: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, secret: str, day: str, region: str) -> bytes:
+        slot = (secret, day, region)
+        key = self._keys.get(slot)
+        if key is not None:
+            self.hits += 1
+            self._keys.move_to_end(slot)
+            return key
+        self.misses += 1
+        key = derive_signing_key(secret, day, region)
+        self._keys[slot] = key
+        if len(self._keys) > self._entries_max:
+            self._keys.popitem(last=False)
+        return key
+
+
+# ----- canonical request -----------------------------------------------------------------
+def _wire_bytes(text: str) -> bytes:
+    # aiohttp decodes header and URL bytes as UTF-8 with surrogateescape; this undoes it.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no wire byte decodes to
+        raise InvalidRequest("The request contains characters that are not valid.") from None
+
+
+def _s3_encode(raw: bytes, safe: str) -> str:
+    # RFC 3986 unreserved characters stay, everything else is %XX with uppercase hex.
+    return quote_from_bytes(raw, safe=safe)
+
+
+def canonical_uri(raw_path: str) -> str:
+    """S3's canonical URI: decode once, encode once, keep '/' (no dot-segment folding)."""
+    if not raw_path:
+        return "/"
+    return _s3_encode(unquote_to_bytes(_wire_bytes(raw_path)), safe="/")
+
+
+def _query_pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for part in raw_query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append(
+                (
+                    unquote_to_bytes(_wire_bytes(name.replace("+", " "))),
+                    unquote_to_bytes(_wire_bytes(value.replace("+", " "))),
+                )
+            )
+    return pairs
+
+
+def parse_query(raw_query: str) -> list[tuple[str, str]]:
+    """Decoded (name, value) pairs in wire order, as the signature covers them."""
+    return [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in _query_pairs(raw_query)
+    ]
+
+
+def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
+    """Sorted "name=value" pairs joined by '&'; `drop` names a parameter left out."""
+    encoded = sorted(
+        (_s3_encode(name, safe=""), _s3_encode(value, safe=""))
+        for name, value in _query_pairs(raw_query)
+        if drop is None or name != drop.encode()
+    )
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def collect_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Lowercase name -> values in arrival order. Accepts a multidict's `.items()` (or the
+    multidict itself) so repeated headers are all seen."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    collected: dict[str, list[str]] = {}
+    for name, value in pairs:
+        collected.setdefault(name.lower(), []).append(value)
+    return collected
+
+
+def _canonical_header_value(values: list[str]) -> str:
+    return ",".join(" ".join(value.split()) for value in values)
+
+
+def canonical_request(
+    method: str,
+    raw_path: str,
+    canonical_query_string: str,
+    headers: dict[str, list[str]],
+    signed_headers: tuple[str, ...],
+    payload_hash: str,
+) -> bytes:
+    lines = [method.upper(), canonical_uri(raw_path), canonical_query_string]
+    for name in signed_headers:
+        values = headers.get(name)
+        if values is None:
+            raise SignatureDoesNotMatch(f"Signed header {name!r} is not present.")
+        lines.append(f"{name}:{_canonical_header_value(values)}")
+    lines += ["", ";".join(signed_headers), payload_hash]
+    return _wire_bytes("\n".join(lines))
+
+
+def string_to_sign(claim: _Claim, canonical: bytes) -> str:
+    return "\n".join(
+        (ALGORITHM, claim.amz_date, claim.scope, hashlib.sha256(canonical).hexdigest())
+    )
+
+
+# ----- parsing what the request claims -----------------------------------------------------
+def _parse_amz_date(text: str, error: type[PetrelError]) -> datetime:
+    if not _AMZ_DATE.fullmatch(text):
+        raise error(f"Invalid date {text!r}: expected YYYYMMDD'T'HHMMSS'Z'.")
+    try:
+        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise error(f"Invalid date {text!r}.") from None
+
+
+def _parse_credential(
+    value: str, error: type[PetrelError], region: str | None
+) -> tuple[str, str, str]:
+    """(access_key_id, day, region) from "AKID/YYYYMMDD/region/s3/aws4_request"."""
+    parts = value.rsplit("/", 4)
+    if len(parts) != 5 or not all(parts):
+        raise error(
+            f"The credential {value!r} is malformed; expected 'AKID/date/region/s3/aws4_request'."
+        )
+    access_key_id, day, claimed_region, service, terminator = parts
+    if not (len(day) == 8 and day.isdigit()):
+        raise error(f"Invalid credential date {day!r}.")
+    if service != SERVICE:
+        raise error(f"Incorrect service {service!r}; this endpoint belongs to {SERVICE!r}.")
+    if terminator != TERMINATOR:
+        raise error(f"Incorrect terminal {terminator!r}; this endpoint uses {TERMINATOR!r}.")
+    if region is not None and claimed_region != region:
+        raise error(f"The region {claimed_region!r} is wrong; expecting {region!r}.")
+    return access_key_id, day, claimed_region
+
+
+def _parse_signed_headers(
+    value: str, error: type[PetrelError], limits: AuthLimits
+) -> tuple[str, ...]:
+    names = tuple(value.split(";"))
+    if len(names) > limits.signed_headers_max:
+        raise error(f"More than {limits.signed_headers_max} signed headers.")
+    if not all(_HEADER_NAME.fullmatch(name) for name in names) or len(set(names)) != len(names):
+        raise error(f"SignedHeaders {value!r} is malformed.")
+    return names
+
+
+def _parse_signature(value: str, error: type[PetrelError]) -> str:
+    if not _SIGNATURE.fullmatch(value):
+        raise error("The signature must be 64 lowercase hexadecimal characters.")
+    return value
+
+
+def _single(headers: dict[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise InvalidArgument(f"The {name} header may appear only once.")
+    return values[0]
+
+
+def _header_date(headers: dict[str, list[str]]) -> tuple[str, datetime]:
+    amz_date = _single(headers, "x-amz-date")
+    if amz_date is not None:
+        return amz_date, _parse_amz_date(amz_date, AccessDenied)
+    http_date = _single(headers, "date")
+    if http_date is None:
+        raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header.")
+    try:
+        when = parsedate_to_datetime(http_date).astimezone(UTC)
+    except (TypeError, ValueError, OverflowError):
+        raise AccessDenied(
+            "AWS authentication requires a valid Date or x-amz-date header."
+        ) from None
+    return when.strftime("%Y%m%dT%H%M%SZ"), when
+
+
+def _authorization_fields(value: str) -> dict[str, str]:
+    algorithm, _, rest = value.partition(" ")
+    if algorithm != ALGORITHM:
+        raise AuthorizationHeaderMalformed(f"Unsupported authorization algorithm {algorithm!r}.")
+    fields: dict[str, str] = {}
+    for component in rest.split(","):
+        name, sep, field_value = component.strip().partition("=")
+        if not sep or name in fields:
+            raise AuthorizationHeaderMalformed(f"Malformed component {component.strip()!r}.")
+        fields[name] = field_value
+    if set(fields) != {"Credential", "SignedHeaders", "Signature"}:
+        raise AuthorizationHeaderMalformed(
+            "The authorization header must have exactly Credential, SignedHeaders and Signature."
+        )
+    return fields
+
+
+def _content_sha256(headers: dict[str, list[str]]) -> str:
+    value = _single(headers, "x-amz-content-sha256")
+    if value is None:
+        raise InvalidRequest("Missing required header for this request: x-amz-content-sha256")
+    _payload_mode(value)  # validates
+    return value
+
+
+def _payload_mode(payload_hash: str) -> PayloadMode:
+    if _SHA256_HEX.fullmatch(payload_hash):
+        return PayloadMode.SHA256
+    try:
+        mode = PayloadMode(payload_hash)
+    except ValueError:
+        mode = PayloadMode.SHA256
+    if mode is PayloadMode.SHA256:
+        raise InvalidArgument(
+            "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, "
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, "
+            "or a valid sha256 value."
+        )
+    return mode
+
+
+def _header_claim(
+    authorization: str, headers: dict[str, list[str]], region: str | None, limits: AuthLimits
+) -> _Claim:
+    fields = _authorization_fields(authorization)
+    error = AuthorizationHeaderMalformed
+    access_key_id, day, claimed_region = _parse_credential(fields["Credential"], error, region)
+    amz_date, signed_at = _header_date(headers)
+    if amz_date[:8] != day:
+        raise error("Invalid credential date. Date is not the same as X-Amz-Date.")
+    return _Claim(
+        access_key_id=access_key_id,
+        day=day,
+        region=claimed_region,
+        amz_date=amz_date,
+        signed_at=signed_at,
+        signed_headers=_parse_signed_headers(fields["SignedHeaders"], error, limits),
+        signature=_parse_signature(fields["Signature"], error),
+        payload_hash=_content_sha256(headers),
+        expires_s=None,
+    )
+
+
+def _presign_params(query: list[tuple[str, str]]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in query:
+        if name in _PRESIGN_PARAMS:
+            if name in found:
+                raise AuthorizationQueryParametersError(f"{name} appears more than once.")
+            found[name] = value
+    if len(found) != len(_PRESIGN_PARAMS):
+        raise AuthorizationQueryParametersError(
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, "
+            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, "
+            "and X-Amz-Expires parameters."
+        )
+    return found
+
+
+def _parse_expires(value: str, limits: AuthLimits) -> int:
+    if not value.isdigit() or len(value) > 12:
+        raise AuthorizationQueryParametersError("X-Amz-Expires should be a number.")
+    expires_s = int(value)
+    if expires_s > limits.presign_expires_s_max:
+        raise AuthorizationQueryParametersError(
+            f"X-Amz-Expires must be less than a week (in seconds) that is "
+            f"{limits.presign_expires_s_max}."
+        )
+    return expires_s
+
+
+def _query_claim(
+    query: list[tuple[str, str]],
+    headers: dict[str, list[str]],
+    region: str | None,
+    limits: AuthLimits,
+) -> _Claim:
+    params = _presign_params(query)
+    error = AuthorizationQueryParametersError
+    if params["X-Amz-Algorithm"] != ALGORITHM:
+        raise error(f"X-Amz-Algorithm only supports {ALGORITHM!r}.")
+    access_key_id, day, claimed_region = _parse_credential(
+        params["X-Amz-Credential"], error, region
+    )
+    amz_date = params["X-Amz-Date"]
+    signed_at = _parse_amz_date(amz_date, error)
+    if amz_date[:8] != day:
+        raise error("Invalid credential date. Date is not the same as X-Amz-Date.")
+    # A presigned URL covers no body unless it says so (botocore: header, then constant).
+    payload_hash = dict(query).get("X-Amz-Content-Sha256") or _single(
+        headers, "x-amz-content-sha256"
+    )
+    return _Claim(
+        access_key_id=access_key_id,
+        day=day,
+        region=claimed_region,
+        amz_date=amz_date,
+        signed_at=signed_at,
+        signed_headers=_parse_signed_headers(params["X-Amz-SignedHeaders"], error, limits),
+        signature=_parse_signature(params["X-Amz-Signature"], error),
+        payload_hash=payload_hash or PayloadMode.UNSIGNED.value,
+        expires_s=_parse_expires(params["X-Amz-Expires"], limits),
+    )
+
+
+# ----- the verifier -----------------------------------------------------------------------
+class SigV4Verifier:
+    """Checks SigV4 header-signed and presigned S3 requests against `credentials`.
+
+    `region=None` accepts any region in the credential scope (the signature still binds
+    it); a string refuses other regions, as S3 does. `clock` returns Unix seconds.
+    Holds a bounded signing-key cache; create one per gateway app, not per request.
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        region: str | None = None,
+        limits: AuthLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._credentials = credentials
+        self._region = region
+        self._limits = limits or AuthLimits()
+        self._clock = clock or time.time
+        self.signing_keys = SigningKeyCache(self._limits.signing_key_cache_entries_max)
+
+    def verify(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    ) -> AuthResult:
+        """Authenticate one request (see the module docstring for what is raised).
+
+        `raw_path` and `raw_query` are as on the wire (still percent-encoded; no '?'):
+        with aiohttp, `request.rel_url.raw_path` and `request.rel_url.raw_query_string`
+        (not `request.raw_path`, which includes the query). `headers` may be the
+        multidict itself, so repeated headers are all seen. The body is not read: its
+        hash, if signed, is checked by `chunked.open_body`.
+        """
+        header_map = collect_headers(headers)
+        query = parse_query(raw_query)
+        claim = self._claim(header_map, query)
+        secret = self._credentials.secret_for(claim.access_key_id)
+        self._check_time(claim)
+        self._check_all_signed(header_map, claim)
+        signing_key = self.signing_keys.get(secret, claim.day, claim.region)
+        dropped = "X-Amz-Signature" if claim.expires_s is not None else None
+        canonical = canonical_request(
+            method,
+            raw_path,
+            canonical_query(raw_query, drop=dropped),
+            header_map,
+            claim.signed_headers,
+            claim.payload_hash,
+        )
+        expected = sign(signing_key, string_to_sign(claim, canonical))
+        if not signatures_equal(expected, claim.signature):
+            raise SignatureDoesNotMatch()
+        return self._result(claim, signing_key)
+
+    def _claim(self, headers: dict[str, list[str]], query: list[tuple[str, str]]) -> _Claim:
+        authorization = headers.get("authorization")
+        query_names = {name for name, _ in query}
+        if authorization is not None and "X-Amz-Algorithm" in query_names:
+            raise InvalidArgument(
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
+                "or the Authorization header should be specified."
+            )
+        if authorization is not None:
+            if len(authorization) != 1:
+                raise AuthorizationHeaderMalformed("More than one Authorization header.")
+            if authorization[0].startswith("AWS "):
+                raise InvalidRequest(_V2_UNSUPPORTED)
+            return _header_claim(authorization[0], headers, self._region, self._limits)
+        if "X-Amz-Algorithm" in query_names:
+            return _query_claim(query, headers, self._region, self._limits)
+        if "AWSAccessKeyId" in query_names:
+            raise InvalidRequest(_V2_UNSUPPORTED)
+        raise AccessDenied("Anonymous access is not allowed.")
+
+    def _check_time(self, claim: _Claim) -> None:
+        now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        ahead_s = (claim.signed_at - now).total_seconds()
+        skew_s_max = self._limits.clock_skew_s_max
+        if claim.expires_s is None:
+            if abs(ahead_s) > skew_s_max:
+                raise RequestTimeTooSkewed()
+            return
+        if ahead_s > skew_s_max:
+            raise AccessDenied("Request is not valid yet.")
+        if -ahead_s > claim.expires_s:
+            raise AccessDenied("Request has expired.")
+
+    @staticmethod
+    def _check_all_signed(headers: dict[str, list[str]], claim: _Claim) -> None:
+        signed = set(claim.signed_headers)
+        if "host" not in signed:
+            raise AccessDenied("The host header must be signed.")
+        # x-amz-content-sha256 is bound anyway: it is the canonical request's last line.
+        unsigned = sorted(
+            name
+            for name in headers
+            if name.startswith("x-amz-") and name not in signed and name != "x-amz-content-sha256"
+        )
+        if unsigned:
+            raise AccessDenied(
+                "There were headers present in the request which were not signed: "
+                + ", ".join(unsigned)
+            )
+
+    @staticmethod
+    def _result(claim: _Claim, signing_key: bytes) -> AuthResult:
+        mode = _payload_mode(claim.payload_hash)
+        return AuthResult(
+            access_key_id=claim.access_key_id,
+            region=claim.region,
+            presigned=claim.expires_s is not None,
+            payload_mode=mode,
+            payload_sha256=claim.payload_hash.lower() if mode is PayloadMode.SHA256 else None,
+            chunk_signing=ChunkSigning(
+                seed_signature=claim.signature,
+                signing_key=signing_key,
+                amz_date=claim.amz_date,
+                scope=claim.scope,
+            ),
+        )
+
+
+_V2_UNSUPPORTED = (
+    "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+)

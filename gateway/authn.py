@@ -1,0 +1,90 @@
+"""Authentication of each request, and the body reader that goes with it.
+
+`authenticate` verifies SigV4 (header or presigned URL, petrel_gateway.auth) and returns
+who is calling plus a body reader that decodes aws-chunked framing and verifies every
+digest (petrel_gateway.chunked) before the last chunk is handed over. Unsigned requests
+are refused unless they only read a bucket configured public-read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from petrel.errors import AccessDenied, IncompleteBody
+from petrel_gateway.auth import AuthLimits, AuthResult, SigV4Verifier
+from petrel_gateway.chunked import BodyDecoder, open_body
+from petrel_gateway.handlers.base import BodyReader
+from petrel_gateway.settings import GatewaySettings
+
+VERIFIER = web.AppKey("petrel.verifier", SigV4Verifier)
+
+# Operations an anonymous caller may perform on a public-read bucket.
+PUBLIC_READ_OPERATIONS = frozenset({
+    "get_object", "head_object", "list_objects", "list_objects_v2", "head_bucket",
+    "get_bucket_location",
+})
+_READ_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    access_key: str | None
+    owner_id: str
+    body_reader: BodyReader
+
+
+def make_verifier(settings: GatewaySettings) -> SigV4Verifier:
+    limits = AuthLimits(clock_skew_s_max=settings.clock_skew_s_max)
+    return SigV4Verifier(settings.credentials, region=None, limits=limits)
+
+
+def _is_signed(request: web.Request) -> bool:
+    return "Authorization" in request.headers or \
+        "X-Amz-Signature" in request.rel_url.query or "X-Amz-Credential" in request.rel_url.query
+
+
+def authenticate(request: web.Request, settings: GatewaySettings, bucket: str | None,
+                 operation: str) -> Identity:
+    """Raises the S3 auth errors (AccessDenied, SignatureDoesNotMatch, ...)."""
+    if not _is_signed(request):
+        if bucket in settings.public_read_buckets and operation in PUBLIC_READ_OPERATIONS:
+            return Identity(None, "anonymous", _anonymous_body)
+        raise AccessDenied("Anonymous access is forbidden for this operation",
+                           resource=request.path)
+    result = request.app[VERIFIER].verify(request.method, request.rel_url.raw_path,
+                                          request.rel_url.raw_query_string, request.headers)
+    return Identity(result.access_key_id, result.access_key_id, _reader(result))
+
+
+def _reader(result: AuthResult) -> BodyReader:
+    def read(request: web.Request) -> AsyncIterator[bytes]:
+        return verified_body(request, open_body(result, request.headers))
+
+    return read
+
+
+async def verified_body(request: web.Request, decoder: BodyDecoder) -> AsyncIterator[bytes]:
+    """The decoded payload in chunks. The stream's end (and every digest) is checked
+    before the iterator finishes, so a consumer that commits only after exhausting it
+    never commits a short, long or corrupted body."""
+    declared = request.content_length
+    received = 0
+    while True:
+        piece = await request.content.read(_READ_BYTES)
+        if not piece:
+            break
+        received += len(piece)
+        payload = decoder.feed(piece)
+        if payload:
+            yield payload
+    if declared is not None and received != declared:
+        raise IncompleteBody(f"received {received} of {declared} bytes")
+    decoder.finish()
+
+
+async def _anonymous_body(request: web.Request) -> AsyncIterator[bytes]:
+    if False:  # anonymous callers only read; they never send a body to store
+        yield b""

@@ -1,0 +1,82 @@
+"""The one place that turns exceptions into S3 error responses.
+
+Handlers raise `petrel.errors.PetrelError` subclasses (or let anything else escape);
+`s3_errors` renders them as S3 XML with Code, Message, Resource and RequestId. Anything
+unexpected becomes a logged 500 InternalError; aiohttp's own HTTP errors (an oversized
+header, a body over the limit) are mapped to their S3 equivalents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from petrel.errors import (
+    EntityTooLarge,
+    InternalError,
+    InvalidArgument,
+    InvalidRequest,
+    PetrelError,
+)
+from petrel_gateway.context import REQUEST_ID
+from petrel_gateway.xml import error_xml
+
+log = logging.getLogger("petrel.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class MethodNotAllowed(PetrelError):
+    code, status = "MethodNotAllowed", 405
+    message = "The specified method is not allowed against this resource."
+
+
+class NotImplementedOperation(PetrelError):
+    code, status = "NotImplemented", 501
+    message = "A header or query you provided implies functionality that is not implemented."
+
+
+class MalformedXML(PetrelError):
+    code, status = "MalformedXML", 400
+    message = "The XML you provided was not well-formed or did not validate against our schema."
+
+
+def _from_http(exc: web.HTTPException) -> PetrelError:
+    if exc.status == 413:
+        return EntityTooLarge()
+    if exc.status == 405:
+        return MethodNotAllowed()
+    if 400 <= exc.status < 500:
+        return InvalidRequest(exc.reason)
+    return InternalError()
+
+
+def error_response(request: web.Request, error: PetrelError) -> web.Response:
+    request_id = request.get(REQUEST_ID, "")
+    resource = error.resource or request.path
+    headers = {"Content-Type": "application/xml"}
+    if request.method == "HEAD":  # HEAD responses carry no body
+        return web.Response(status=error.status, headers=headers)
+    body = error_xml(error.code, error.detail, resource, request_id)
+    return web.Response(status=error.status, body=body, headers=headers)
+
+
+@web.middleware
+async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PetrelError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %s: %s", request.method, request.path, exc.code, exc.detail)
+        return error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(request, _from_http(exc))
+    except UnicodeError as exc:
+        return error_response(request, InvalidArgument(f"invalid UTF-8: {exc}"))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(request, InternalError())

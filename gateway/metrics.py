@@ -1,0 +1,61 @@
+"""Prometheus metrics, in a registry owned by the app (no module-level collectors).
+docs/operations.md lists every metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from petrel.model import StoreStats
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                      2.5, 5.0, 10.0, 30.0)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for name, value, doc in (
+            ("petrel_objects", stats.objects, "Objects stored."),
+            ("petrel_buckets", stats.buckets, "Buckets."),
+            ("petrel_segments", stats.segments, "Segments (active, sealed, compacting)."),
+            ("petrel_segments_sealed", stats.sealed_segments, "Sealed segments."),
+            ("petrel_live_bytes", stats.live_bytes, "Bytes of records the index points at."),
+            ("petrel_dead_bytes", stats.dead_bytes, "Bytes of overwritten or deleted records."),
+            ("petrel_corruptions_detected", stats.corruptions_detected,
+             "Records that failed their checksum since start."),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("petrel_requests", "S3 requests by operation and status.",
+                                ["operation", "status"], registry=self.registry)
+        self.latency = Histogram("petrel_request_seconds", "Request latency by operation.",
+                                 ["operation"], buckets=_LATENCY_BUCKETS_S,
+                                 registry=self.registry)
+        self.bytes_in = Counter("petrel_bytes_received", "Request body bytes received.",
+                                registry=self.registry)
+        self.bytes_out = Counter("petrel_bytes_sent", "Response body bytes sent.",
+                                 registry=self.registry)
+        self.registry.register(_StoreCollector(stats))
+
+    def observe(self, operation: str, status: int, seconds: float, bytes_in: int,
+                bytes_out: int) -> None:
+        self.requests.labels(operation, str(status)).inc()
+        self.latency.labels(operation).observe(seconds)
+        if bytes_in:
+            self.bytes_in.inc(bytes_in)
+        if bytes_out:
+            self.bytes_out.inc(bytes_out)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,145 @@
+"""Reading an S3 request: which bucket and key it addresses, its headers, its body.
+
+Kept apart from the handlers so that every handler parses the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from petrel import format as fmt
+from petrel.errors import (
+    BadDigest,
+    IncompleteBody,
+    InvalidArgument,
+    InvalidRange,
+    InvalidRequest,
+    MetadataTooLarge,
+)
+from petrel.model import ByteRange
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class InvalidDigest(InvalidArgument):
+    code, message = "InvalidDigest", "The Content-MD5 you specified was invalid."
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    bucket: str | None
+    key: str | None
+
+
+def resolve_target(request: web.Request, domains: tuple[str, ...]) -> Target:
+    """Bucket and key from virtual-hosted (bucket.domain) or path-style addressing.
+    The key comes from the raw path, percent-decoded once ('+' stays '+')."""
+    host = request.host.rsplit(":", 1)[0].lower() if request.host else ""
+    raw_path = request.raw_path.split("?", 1)[0]
+    for domain in domains:
+        suffix = "." + domain
+        if host.endswith(suffix) and len(host) > len(suffix):
+            bucket = host[: -len(suffix)]
+            key = unquote(raw_path[1:], errors="strict") if len(raw_path) > 1 else None
+            return Target(bucket, key or None)
+    parts = raw_path[1:].split("/", 1)
+    bucket = unquote(parts[0], errors="strict") if parts[0] else None
+    key = unquote(parts[1], errors="strict") if len(parts) == 2 and parts[1] else None
+    return Target(bucket, key)
+
+
+def user_metadata(headers: MultiMapping[str], limit_bytes: int) -> fmt.ObjectMeta:
+    """x-amz-meta-* headers (names lower-cased, as S3 stores them) and Content-Type."""
+    pairs = []
+    total = 0
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("x-amz-meta-"):
+            short = lower[len("x-amz-meta-") :]
+            total += len(short.encode()) + len(value.encode())
+            pairs.append((short, value))
+    if total > limit_bytes:
+        raise MetadataTooLarge()
+    content_type = headers.get("Content-Type", "")
+    return fmt.ObjectMeta(content_type, tuple(sorted(pairs)))
+
+
+def content_md5(headers: MultiMapping[str]) -> bytes | None:
+    value = headers.get("Content-MD5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidDigest() from exc
+    if len(digest) != 16:
+        raise InvalidDigest()
+    return digest
+
+
+def check_md5(expected: bytes | None, actual_hex: str) -> None:
+    if expected is not None and expected.hex() != actual_hex:
+        raise BadDigest()
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """RFC 7233 single byte range, as S3 serves it. Multiple ranges are served whole
+    (S3 ignores them); an unsatisfiable range raises InvalidRange."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None  # unparseable or multi-range: ignored, the whole object is served
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0:
+            raise InvalidRange()
+        start = max(0, size - suffix)
+        return ByteRange(start, size - start)
+    start = int(first)
+    if start >= size:
+        raise InvalidRange()
+    end = size - 1 if not last else min(int(last), size - 1)
+    if end < start:
+        return None  # syntactically invalid: ignored, as RFC 7233 says
+    return ByteRange(start, end - start + 1)
+
+
+async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
+    """A small body (XML), at most `limit_bytes`, exactly Content-Length long."""
+    declared = request.content_length
+    if declared is not None and declared > limit_bytes:
+        raise InvalidRequest(f"request body over {limit_bytes} bytes")
+    body = await request.content.read(limit_bytes + 1)
+    if len(body) > limit_bytes:
+        raise InvalidRequest(f"request body over {limit_bytes} bytes")
+    if declared is not None and len(body) != declared:
+        raise IncompleteBody()
+    return body
+
+
+async def plain_body(request: web.Request, chunk_bytes: int = 256 * 1024
+                     ) -> AsyncIterator[bytes]:
+    """The raw body in chunks; raises IncompleteBody if it ends before Content-Length
+    (the client closed the connection mid-body)."""
+    declared = request.content_length
+    received = 0
+    while True:
+        chunk = await request.content.read(chunk_bytes)
+        if not chunk:
+            break
+        received += len(chunk)
+        yield chunk
+    if declared is not None and received != declared:
+        raise IncompleteBody(f"received {received} of {declared} bytes")

@@ -1,0 +1,36 @@
+"""Gateway settings: every HTTP-side limit as a named field with a visible number."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from petrel.limits import KiB, MiB
+from petrel_gateway.auth import Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    region: str = "us-east-1"
+    credentials: Credentials = field(default_factory=lambda: Credentials(()))
+    # Several key pairs may be valid at once (key rotation): see Credentials.
+    # Buckets anyone may read (GET/HEAD of objects, listing) without signing.
+    public_read_buckets: frozenset[str] = frozenset()
+    # Host names under which buckets are addressed virtual-hosted style
+    # (bucket.DOMAIN); anything else is path style.
+    virtual_host_domains: tuple[str, ...] = ("localhost",)
+    # HTTP parser limits (aiohttp defaults are 8190; S3 allows 8 KiB of headers).
+    header_line_bytes_max: int = 16 * KiB
+    header_field_bytes_max: int = 16 * KiB
+    headers_max: int = 128
+    # XML request bodies (DeleteObjects with 1000 keys of 1 KiB fits in 2 MiB).
+    xml_body_bytes_max: int = 2 * MiB
+    # Requests being served at once; more are answered 503 SlowDown.
+    inflight_requests_max: int = 1024
+    # S3 allows 15 minutes of clock skew between client and server.
+    clock_skew_s_max: int = 15 * 60
+    # Seconds a client may take to send a request body before it is dropped.
+    body_read_timeout_s: float = 300.0
+    # Seconds in-flight requests get to finish on SIGTERM.
+    shutdown_drain_s: float = 30.0

@@ -1,0 +1,253 @@
+"""`petrel serve`: run the S3 gateway over a data directory.
+
+Settings come from, in increasing precedence: built-in defaults, a TOML file
+(`--config`), environment variables (PETREL_*), and command-line flags. An unknown key
+or a bad value stops the start with a message naming it.
+
+    [server]            host, port, region, virtual_host_domains, inflight_requests_max
+    [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
+                        compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s
+    [auth]              access_key, secret_key, credentials_file, public_read_buckets
+
+Credentials: --access-key/--secret-key (or PETREL_ACCESS_KEY/PETREL_SECRET_KEY), and/or a
+credentials file of `ACCESS_KEY:SECRET_KEY` lines (several pairs may be valid at once).
+With none given, a pair is generated, stored in DATA/credentials (mode 0600) and printed
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import string
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "PETREL_"
+
+# section -> key -> type; the schema of the TOML file and of PETREL_* variables.
+SCHEMA: dict[str, dict[str, type]] = {
+    "server": {"host": str, "port": int, "region": str, "virtual_host_domains": list,
+               "inflight_requests_max": int, "log_level": str},
+    "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
+              "segment_bytes_max": int, "compaction_dead_fraction": float,
+              "compaction_bytes_per_s": int, "seal_idle_s": float,
+              "object_bytes_max": int},
+    "auth": {"access_key": str, "secret_key": str, "credentials_file": str,
+             "public_read_buckets": list},
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the user as one line."""
+
+
+@dataclass
+class ServeOptions:
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return self.values.get(section, {}).get(key, default)
+
+    def set(self, section: str, key: str, value: Any) -> None:
+        self.values.setdefault(section, {})[key] = value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument("--data", help="data directory (index, segments, blobs)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 9000)")
+    parser.add_argument("--region", help="region reported to clients (default us-east-1)")
+    parser.add_argument("--durability", choices=["always", "batch", "none"],
+                        help="when writes are acknowledged (default batch)")
+    parser.add_argument("--access-key", help="access key (or PETREL_ACCESS_KEY)")
+    parser.add_argument("--secret-key", help="secret key (or PETREL_SECRET_KEY)")
+    parser.add_argument("--credentials-file", help="file of ACCESS_KEY:SECRET_KEY lines")
+    parser.add_argument("--log-level", help="debug, info, warning (default info)")
+
+
+def _coerce(section: str, key: str, value: Any, source: str) -> Any:
+    expected = SCHEMA[section][key]
+    if expected is list and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if expected in (int, float) and isinstance(value, str):
+        try:
+            return expected(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {section}.{key} must be a number, got {value!r}") \
+                from exc
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(f"{source}: {section}.{key} must be {expected.__name__}, "
+                          f"got {value!r}")
+    return value
+
+
+def load_options(args: argparse.Namespace, environ: dict[str, str]) -> ServeOptions:
+    options = ServeOptions()
+    if args.config:
+        try:
+            with open(args.config, "rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{args.config}: {exc}") from exc
+        for section, table in document.items():
+            if section not in SCHEMA or not isinstance(table, dict):
+                raise ConfigError(f"{args.config}: unknown section [{section}]")
+            for key, value in table.items():
+                if key not in SCHEMA[section]:
+                    raise ConfigError(f"{args.config}: unknown key {section}.{key}")
+                options.set(section, key, _coerce(section, key, value, args.config))
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            name = ENV_PREFIX + key.upper()
+            if name in environ:
+                options.set(section, key, _coerce(section, key, environ[name], name))
+    flags = {("store", "data"): args.data, ("server", "host"): args.host,
+             ("server", "port"): args.port, ("server", "region"): args.region,
+             ("store", "durability"): args.durability,
+             ("auth", "access_key"): args.access_key, ("auth", "secret_key"): args.secret_key,
+             ("auth", "credentials_file"): args.credentials_file,
+             ("server", "log_level"): args.log_level}
+    for (section, key), value in flags.items():
+        if value is not None:
+            options.set(section, key, value)
+    return options
+
+
+def read_credentials_file(path: str) -> list[tuple[str, str]]:
+    pairs = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"credentials file {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        access, sep, secret = line.partition(":")
+        if not sep or not access or not secret:
+            raise ConfigError(f"{path}:{number}: expected ACCESS_KEY:SECRET_KEY")
+        pairs.append((access.strip(), secret.strip()))
+    return pairs
+
+
+def _generate_pair() -> tuple[str, str]:
+    upper = string.ascii_uppercase + string.digits
+    access = "PK" + "".join(secrets.choice(upper) for _ in range(18))
+    secret = secrets.token_urlsafe(30)[:40]
+    return access, secret
+
+
+def resolve_credentials(options: ServeOptions, data_dir: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    access, secret = options.get("auth", "access_key"), options.get("auth", "secret_key")
+    if (access is None) != (secret is None):
+        raise ConfigError("access key and secret key must be given together")
+    if access is not None:
+        pairs.append((access, secret))
+    path = options.get("auth", "credentials_file")
+    if path:
+        pairs.extend(read_credentials_file(path))
+    if pairs:
+        return pairs
+    generated = os.path.join(data_dir, "credentials")
+    if os.path.exists(generated):
+        return read_credentials_file(generated)
+    access, secret = _generate_pair()
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"# generated by petrel serve\n{access}:{secret}\n")
+    print(f"petrel: generated credentials (stored in {generated}):\n"
+          f"  access key: {access}\n  secret key: {secret}", flush=True)
+    return [(access, secret)]
+
+
+def build(options: ServeOptions) -> tuple[Any, Any]:
+    """(GatewaySettings, StoreConfig) from resolved options. Raises ConfigError."""
+    from petrel.limits import Limits
+    from petrel.settings import Durability, StoreConfig
+    from petrel_gateway.auth import Credentials, KeyPair
+    from petrel_gateway.settings import GatewaySettings
+
+    data_dir = options.get("store", "data")
+    if not data_dir:
+        raise ConfigError("a data directory is required: --data DIR (or [store] data)")
+    try:
+        durability = Durability(options.get("store", "durability", "batch"))
+    except ValueError as exc:
+        raise ConfigError("store.durability must be always, batch or none") from exc
+    limit_fields = {k: options.get("store", k) for k in
+                    ("pack_threshold_bytes", "segment_bytes_max", "object_bytes_max")
+                    if options.get("store", k) is not None}
+    store_fields = {k: options.get("store", k) for k in
+                    ("compaction_dead_fraction", "compaction_bytes_per_s", "seal_idle_s")
+                    if options.get("store", k) is not None}
+    try:
+        limits = Limits(**limit_fields)
+        store_config = StoreConfig(data_dir=os.path.abspath(data_dir), durability=durability,
+                                   limits=limits, **store_fields)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    port = options.get("server", "port", 9000)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port must be 0..65535, got {port}")
+    pairs = resolve_credentials(options, store_config.data_dir)
+    settings_fields: dict[str, Any] = {}
+    if options.get("server", "inflight_requests_max") is not None:
+        settings_fields["inflight_requests_max"] = options.get("server",
+                                                               "inflight_requests_max")
+    if options.get("server", "virtual_host_domains") is not None:
+        settings_fields["virtual_host_domains"] = tuple(
+            options.get("server", "virtual_host_domains"))
+    settings = GatewaySettings(
+        host=options.get("server", "host", "127.0.0.1"), port=port,
+        region=options.get("server", "region", "us-east-1"),
+        credentials=Credentials(tuple(KeyPair(a, s) for a, s in dict(pairs).items())),
+        public_read_buckets=frozenset(options.get("auth", "public_read_buckets", [])),
+        **settings_fields)
+    return settings, store_config
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    try:
+        options = load_options(args, dict(os.environ))
+        settings, store_config = build(options)
+    except ConfigError as exc:
+        print(f"petrel serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    level = str(options.get("server", "log_level", "info")).upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(settings, store_config)
+
+
+def serve(settings: Any, store_config: Any) -> int:
+    """Run until SIGTERM/SIGINT: then stop accepting, drain in-flight requests for up to
+    `shutdown_drain_s`, commit and sync the store, and return 0."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    from petrel_gateway.app import build_app
+
+    app = build_app(settings, store_config)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    print(f"petrel: serving S3 on http://{settings.host}:{settings.port} "
+          f"(data {store_config.data_dir}, durability {store_config.durability.value})",
+          flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, loop=loop,
+                shutdown_timeout=settings.shutdown_drain_s, print=None,
+                access_log=None, handle_signals=True)
+    return 0
