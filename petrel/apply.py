@@ -27,16 +27,12 @@ from petrel.errors import BucketAlreadyOwnedByYou, NoSuchBucket, PetrelError
 @dataclass(slots=True)
 class Applied:
     """The outcome of applying a batch: index ops to write, and per item an error
-    (None when it took effect), plus large-object blobs that lost their last reference."""
+    (None when it took effect), plus the pointer records of large objects that lost
+    their last reference (key, location): their blobs can be deleted."""
 
     ops: list[ix.Op] = field(default_factory=list)
     errors: list[PetrelError | None] = field(default_factory=list)
-    orphan_blobs: list[str] = field(default_factory=list)
-
-
-def large_blob_name(seq: int) -> str:
-    """Blob holding a large object whose pointer record has `seq` (copies keep it)."""
-    return f"objects/{seq:016x}"
+    orphan_records: list[tuple[bytes, fmt.Location]] = field(default_factory=list)
 
 
 def split_object_key(key: bytes) -> tuple[str, bytes]:
@@ -105,11 +101,15 @@ class Applier:
                 for k, v in zip(keys, values, strict=True)}
 
     def _note_seq(self, entry: fmt.Entry) -> None:
+        """Track each segment's seq range. min_seq counts object records only: it tells
+        compaction whether an older object record may still exist in the segment (a
+        bucket record's low seq would keep every object tombstone forever)."""
         segment = self.segments[entry.location.segment_id]
-        if entry.seq < segment.min_seq or entry.seq > segment.max_seq:
+        low = segment.min_seq if entry.flags & fmt.FLAG_BUCKET else min(segment.min_seq,
+                                                                       entry.seq)
+        if low != segment.min_seq or entry.seq > segment.max_seq:
             self.segments[segment.segment_id] = replace(
-                segment, min_seq=min(segment.min_seq, entry.seq),
-                max_seq=max(segment.max_seq, entry.seq))
+                segment, min_seq=low, max_seq=max(segment.max_seq, entry.seq))
 
     def _account(self, location: fmt.Location, *, live: int, dead: int) -> None:
         segment = self.segments.get(location.segment_id)
@@ -119,10 +119,10 @@ class Applier:
             segment, live_bytes=max(0, segment.live_bytes + live),
             dead_bytes=segment.dead_bytes + dead)
 
-    def _retire(self, old: fmt.Entry, out: Applied) -> None:
+    def _retire(self, key: bytes, old: fmt.Entry, out: Applied) -> None:
         self._account(old.location, live=-old.location.length, dead=old.location.length)
         if old.flags & fmt.FLAG_LARGE:
-            out.orphan_blobs.append(large_blob_name(old.seq))
+            out.orphan_records.append((key, old.location))
 
     def _apply_bucket(self, item: fmt.FooterEntry, out: Applied) -> PetrelError | None:
         entry, name = item.entry, item.key.decode()
@@ -155,7 +155,7 @@ class Applier:
         if row is None or row.seq > entry.seq:
             self._account(entry.location, live=0, dead=length)
             if entry.flags & fmt.FLAG_LARGE and not entry.flags & fmt.FLAG_TOMBSTONE:
-                out.orphan_blobs.append(large_blob_name(entry.seq))
+                out.orphan_records.append((item.key, entry.location))
             return NoSuchBucket(resource=bucket)
         key = ix.object_key(row.bucket_id, object_key)
         old = current.get(key)
@@ -163,10 +163,12 @@ class Applier:
             if old.seq == entry.seq and old.location == entry.location:
                 return None  # already reflected (replay is idempotent)
             self._account(entry.location, live=0, dead=length)  # stale: newer one wins
+            if entry.flags & fmt.FLAG_LARGE and not entry.flags & fmt.FLAG_TOMBSTONE:
+                out.orphan_records.append((item.key, entry.location))
             return None
         if old is not None:
             touched.add(old.location.segment_id)
-            self._retire(old, out)
+            self._retire(item.key, old, out)
         if entry.flags & fmt.FLAG_TOMBSTONE:
             current[key] = None
             out.ops.append((key, None))

@@ -98,7 +98,8 @@ class Committer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._seals: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self.on_orphans: Callable[[list[str]], None] = lambda names: None
+        self.on_orphans: Callable[[list[tuple[bytes, fmt.Location]]], None] = \
+            lambda records: None
 
     # ----- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -246,8 +247,8 @@ class Committer:
             segments[segment.segment_id] = replace(row, indexed_bytes=end)
         applied = self.applier.apply(group)
         self.index.kv.write(applied.ops)
-        if applied.orphan_blobs:
-            self.on_orphans(applied.orphan_blobs)
+        if applied.orphan_records:
+            self.on_orphans(applied.orphan_records)
         return applied.errors
 
     def _fail(self, exc: BaseException, waiters: list[tuple[asyncio.Future[

@@ -70,6 +70,7 @@ class Compactor:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.reports: list[CompactionReport] = []
+        self.failed: set[int] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -95,7 +96,7 @@ class Compactor:
             else dead_fraction
         rows = self.store.applier.segments.values()
         chosen = [r for r in rows if r.state == fmt.SEGMENT_SEALED and r.dead_bytes > 0
-                  and r.dead_fraction >= threshold]
+                  and r.dead_fraction >= threshold and r.segment_id not in self.failed]
         return [r.segment_id for r in sorted(chosen, key=lambda r: -r.dead_fraction)]
 
     async def run_once(self, dead_fraction: float | None = None) -> list[CompactionReport]:
@@ -107,7 +108,13 @@ class Compactor:
                 row = self.store.applier.segments.get(segment_id)
                 if row is None or row.state != fmt.SEGMENT_SEALED:
                     continue
-                reports.append(await self._compact(segment_id))
+                try:
+                    reports.append(await self._compact(segment_id))
+                except Exception:
+                    # Left as it is (still readable); retried after a restart, when
+                    # `petrel fsck` may have been run on it.
+                    self.failed.add(segment_id)
+                    raise
         return reports
 
     async def compact_segment(self, victim: int) -> CompactionReport:
@@ -145,12 +152,15 @@ class Compactor:
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            self._abandon(output)
             raise
         os.unlink(path)
         total = sum(c.new.location.length for c in copies)
         out_row = replace(out_row, state=fmt.SEGMENT_SEALED, flags=fmt.SEGMENT_UPLOADED,
                           indexed_bytes=sealed.size_bytes, live_bytes=0, dead_bytes=total,
-                          min_seq=min(c.new.seq for c in copies),
+                          min_seq=min((c.new.seq for c in copies
+                                       if not c.new.flags & fmt.FLAG_BUCKET),
+                                      default=fmt.SEQ_NONE),
                           max_seq=max(c.new.seq for c in copies))
         store.applier.segments[output] = out_row
         store.kv.write([ix.segment_op(out_row)], sync=True)
@@ -163,6 +173,13 @@ class Compactor:
         log.info("compacted: %s", report)
         return report
 
+    def _abandon(self, output: int) -> None:
+        """Forget a compaction output that never switched (its blob too, if uploaded)."""
+        store = self.store
+        store.applier.segments.pop(output, None)
+        store.kv.write([(ix.segment_key(output), None)], sync=True)
+        store._delete_blobs_later([fmt.segment_blob_name(output)])
+
     def _select(self, victim: int, footer: list[fmt.FooterEntry]) -> list[fmt.FooterEntry]:
         """The victim's records that must survive it."""
         applier = self.store.applier
@@ -173,7 +190,9 @@ class Compactor:
         for item in footer:
             entry = item.entry
             if entry.flags & fmt.FLAG_TOMBSTONE:
-                if others_min_seq < entry.seq:
+                # Bucket tombstones are tiny and rare: always kept. An object tombstone
+                # is kept while another segment may hold an older object record.
+                if entry.flags & fmt.FLAG_BUCKET or others_min_seq < entry.seq:
                     keep.append(item)
             elif entry.flags & fmt.FLAG_BUCKET:
                 bucket = applier.buckets.get(item.key.decode())

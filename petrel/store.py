@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 from petrel import format as fmt
 from petrel import index as ix
-from petrel.apply import large_blob_name
 from petrel.backends.base import Backend
 from petrel.backends.local import LocalBackend
 from petrel.commit import Committer, Pending, make_pending
@@ -120,7 +119,7 @@ class Store:
             segment_dir=segment_dir(config.data_dir), backend=backend, io_pool=io_pool,
             seq=state.seq, active=state.active, local=state.local)
         self.committer._rolled.extend(state.rolled)
-        self.committer.on_orphans = self._delete_blobs_later
+        self.committer.on_orphans = self._delete_orphans_later
         self.open_report = state
         self.corruptions_detected = 0
         self._pending_keys: dict[bytes, int] = {}
@@ -167,9 +166,9 @@ class Store:
         await self.committer.close(seal=not self.backend.reads_are_local)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self.io_pool.shutdown(wait=True)  # before the backend closes files under it
         self.kv.close()
         self.backend.close()
-        self.io_pool.shutdown(wait=True)
 
     async def __aenter__(self) -> Store:
         return self
@@ -183,6 +182,42 @@ class Store:
             future = loop.run_in_executor(self.io_pool, self._delete_blob, name)
             self._background.add(future)
             future.add_done_callback(self._background.discard)
+
+    def _delete_orphans_later(self, records: list[tuple[bytes, fmt.Location]]) -> None:
+        """Delete the blobs of large objects whose pointer records lost their last
+        reference (read each record for its blob name, off the event loop)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.io_pool, self._delete_orphans, records)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    def _delete_orphans(self, records: list[tuple[bytes, fmt.Location]]) -> None:
+        for full_key, location in records:
+            try:
+                segment = self.committer.local.get(location.segment_id)
+                if segment is not None:
+                    data = segment.read(location.offset, location.length)
+                else:
+                    data = self.backend.get_range(fmt.segment_blob_name(location.segment_id),
+                                                  location.offset, location.length)
+                payload = fmt.verified_payload(data, 0, location, full_key)
+                self._delete_blob(fmt.decode_large_ref(payload).blob)
+            except Exception as exc:  # noqa: BLE001 - an orphan blob is found by fsck later
+                log.warning("could not resolve orphan blob of %r: %s", full_key, exc)
+
+    def large_blob_name(self, bucket: str, key: str) -> str:
+        """The backend blob holding a large object (tests, fsck). Raises NoSuchKey, or
+        InvalidArgument if the object is packed."""
+        located = self.locate_object(bucket, key)
+        if not located.entry.flags & fmt.FLAG_LARGE:
+            raise InvalidArgument(f"{bucket}/{key} is packed, not a large object")
+        location = located.entry.location
+        data = self._read_local(location)
+        if data is None:
+            data = self.backend.get_range(fmt.segment_blob_name(location.segment_id),
+                                          location.offset, location.length)
+        payload = fmt.verified_payload(data, 0, location, located.full_key)
+        return fmt.decode_large_ref(payload).blob
 
     def _delete_blob(self, name: str) -> None:
         try:
@@ -340,7 +375,6 @@ class Store:
         pointer record. A crash before the record leaves an orphan blob, never a
         visible partial object."""
         loop = asyncio.get_running_loop()
-        seq = self.committer.next_seq()
         spool = os.path.join(self.tmp_dir, uuid.uuid4().hex)
         hasher = md5_state or hashlib.md5()
         checksum = fmt.content_hasher()
@@ -361,7 +395,10 @@ class Store:
                         hasher.update(chunk)
                         checksum.update(chunk)
                         await loop.run_in_executor(self.io_pool, handle.write, chunk)
-            blob = large_blob_name(seq)
+            # A fresh name per write: the pointer record, not the name, says which blob
+            # an object uses. Its seq is taken only once the blob is stored, so the
+            # record's seq orders it after every write submitted before it.
+            blob = f"objects/{uuid.uuid4().hex}"
             if expected_md5 is not None and expected_md5 != hasher.digest():
                 raise BadDigest(resource=key)
             await loop.run_in_executor(self.io_pool, self.backend.put_file, blob, spool)
@@ -372,7 +409,8 @@ class Store:
         digest = md5 if md5 is not None else hasher.digest()
         ref = fmt.LargeRef(total, checksum.intdigest(), blob)
         pending = make_pending(key=bucket.encode() + b"/" + raw_key, flags=fmt.FLAG_LARGE,
-                               seq=seq, payload=fmt.encode_large_ref(ref), size=total,
+                               seq=self.committer.next_seq(),
+                               payload=fmt.encode_large_ref(ref), size=total,
                                meta=raw_meta, md5=digest, parts=parts)
         (error,) = await self._submit([pending])
         if error is not None:

@@ -40,7 +40,6 @@ from typing import Any
 import pytest
 
 from petrel import format as fmt
-from petrel.apply import large_blob_name
 from petrel.backends.base import Backend
 from petrel.backends.local import LocalBackend
 from petrel.errors import BackendError, BlobNotFound, CorruptionError, NoSuchKey
@@ -253,8 +252,9 @@ def check_blobs(store: Store) -> None:
     kept = {fmt.segment_blob_name(i) for i, r in store.applier.segments.items()
             if r.state in (fmt.SEGMENT_SEALED, fmt.SEGMENT_DEAD)}
     assert set(store.backend.list("segments/")) == kept
-    large = {large_blob_name(e.seq) for _, _, e in store.index.iter_all_objects()
-             if e.flags & fmt.FLAG_LARGE}
+    names = {row.bucket_id: name for name, row in store.applier.buckets.items()}
+    large = {store.large_blob_name(names[b], k.decode())
+             for b, k, e in store.index.iter_all_objects() if e.flags & fmt.FLAG_LARGE}
     assert set(store.backend.list("objects/")) == large
 
 

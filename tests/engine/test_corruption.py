@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from petrel import format as fmt
-from petrel.apply import large_blob_name
 from petrel.backends.local import LocalBackend
 from petrel.errors import CorruptionError, NoSuchKey
 from petrel.limits import GiB, KiB, Limits
@@ -225,7 +224,7 @@ async def test_corrupt_large_object_blob_is_detected(tmp_path) -> None:  # type:
         big = payload("big", 0, 40 * KiB)  # above the pack threshold: a blob of its own
         await store.put_object(BUCKET, "big", big)
         model["big"] = big
-        blob = large_blob_name(entry_of(store, "big").seq)
+        blob = store.large_blob_name(BUCKET, "big")
         flip_bit(os.path.join(config.data_dir, "blobs", blob), 20 * KiB)
         before = store.corruptions_detected
         with pytest.raises(CorruptionError):

@@ -265,8 +265,8 @@ async def test_sigkill_during_concurrent_writes(tmp_path: Path) -> None:
     # The rounds must have exercised the store, not just its startup.
     print(f"{ROUNDS} rounds, {acknowledged} acknowledged operations, {recovery}")
     assert acknowledged > 20 * ROUNDS
-    # Kills between a commit's segment write and its index write are common (every run
-    # so far replayed records in several rounds): some reopen must have had to.
+    # Kills between a commit's segment write and its index write are common (in trial
+    # runs about half the reopens replayed records): some reopen must have had to.
     assert recovery.replayed_records > 0
 
 
