@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from petrel.errors import PetrelError, SlowDown
+from petrel.errors import MethodNotAllowed, NotImplementedOperation, PetrelError, SlowDown
 from petrel.settings import StoreConfig
 from petrel.store import Store
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
 from petrel_gateway.context import OPERATION, REQUEST_ID
-from petrel_gateway.errors import MethodNotAllowed, NotImplementedOperation, s3_errors
 from petrel_gateway.errors import Handler as Handler
+from petrel_gateway.errors import s3_errors
 from petrel_gateway.handlers.base import Call
 from petrel_gateway.metrics import Metrics
 from petrel_gateway.request import resolve_target

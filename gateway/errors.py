@@ -18,6 +18,7 @@ from petrel.errors import (
     InternalError,
     InvalidArgument,
     InvalidRequest,
+    MethodNotAllowed,
     PetrelError,
 )
 from petrel_gateway.context import REQUEST_ID
@@ -26,21 +27,6 @@ from petrel_gateway.xml import error_xml
 log = logging.getLogger("petrel.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class MethodNotAllowed(PetrelError):
-    code, status = "MethodNotAllowed", 405
-    message = "The specified method is not allowed against this resource."
-
-
-class NotImplementedOperation(PetrelError):
-    code, status = "NotImplemented", 501
-    message = "A header or query you provided implies functionality that is not implemented."
-
-
-class MalformedXML(PetrelError):
-    code, status = "MalformedXML", 400
-    message = "The XML you provided was not well-formed or did not validate against our schema."
 
 
 def _from_http(exc: web.HTTPException) -> PetrelError:

@@ -19,7 +19,7 @@ from petrel import format as fmt
 from petrel.errors import (
     BadDigest,
     IncompleteBody,
-    InvalidArgument,
+    InvalidDigest,
     InvalidRange,
     InvalidRequest,
     MetadataTooLarge,
@@ -27,10 +27,6 @@ from petrel.errors import (
 from petrel.model import ByteRange
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class InvalidDigest(InvalidArgument):
-    code, message = "InvalidDigest", "The Content-MD5 you specified was invalid."
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +43,8 @@ def resolve_target(request: web.Request, domains: tuple[str, ...]) -> Target:
     for domain in domains:
         suffix = "." + domain
         if host.endswith(suffix) and len(host) > len(suffix):
-            bucket = host[: -len(suffix)]
-            key = unquote(raw_path[1:], errors="strict") if len(raw_path) > 1 else None
-            return Target(bucket, key or None)
+            hosted_key = unquote(raw_path[1:], errors="strict") if len(raw_path) > 1 else ""
+            return Target(host[: -len(suffix)], hosted_key or None)
     parts = raw_path[1:].split("/", 1)
     bucket = unquote(parts[0], errors="strict") if parts[0] else None
     key = unquote(parts[1], errors="strict") if len(parts) == 2 and parts[1] else None

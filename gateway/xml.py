@@ -9,19 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import defusedxml.ElementTree as SafeET
+import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException
 
-from petrel.errors import PetrelError
+from petrel.errors import MalformedXML
 from petrel.model import BucketInfo, ObjectInfo
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
-
-
-class MalformedXMLError(PetrelError):
-    code, status = "MalformedXML", 400
-    message = "The XML you provided was not well-formed or did not validate against our schema."
 
 
 def iso8601_ms(ms: int) -> str:
@@ -48,7 +43,8 @@ def _add(parent: ET.Element, tag: str, text: str | int | bool | None = None) -> 
 
 
 def render(root: ET.Element) -> bytes:
-    return XML_DECLARATION + ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return XML_DECLARATION + body
 
 
 def error_xml(code: str, message: str, resource: str, request_id: str) -> bytes:
@@ -240,11 +236,11 @@ def acl_xml(owner: Owner) -> bytes:
 
 # ----- parsing -------------------------------------------------------------------------
 def parse(body: bytes) -> ET.Element:
-    """Parse an untrusted XML body; raises MalformedXMLError."""
+    """Parse an untrusted XML body; raises MalformedXML."""
     try:
         root: ET.Element = SafeET.fromstring(body)
     except (ET.ParseError, DefusedXmlException, ValueError) as exc:
-        raise MalformedXMLError(str(exc)) from exc
+        raise MalformedXML(str(exc)) from exc
     return root
 
 
@@ -265,15 +261,15 @@ def parse_delete_objects(body: bytes, keys_max: int) -> tuple[list[str], bool]:
     """(keys, quiet) from a DeleteObjects body."""
     root = parse(body)
     if local_name(root) != "Delete":
-        raise MalformedXMLError("expected a Delete element")
+        raise MalformedXML("expected a Delete element")
     keys = []
     for item in children(root, "Object"):
         key = child_text(item, "Key")
         if key is None:
-            raise MalformedXMLError("Object without Key")
+            raise MalformedXML("Object without Key")
         keys.append(key)
     if not keys or len(keys) > keys_max:
-        raise MalformedXMLError(f"Delete must list 1..{keys_max} objects")
+        raise MalformedXML(f"Delete must list 1..{keys_max} objects")
     quiet = (child_text(root, "Quiet") or "false").strip().lower() == "true"
     return keys, quiet
 
@@ -282,15 +278,15 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
     """(part number, etag without quotes) pairs from CompleteMultipartUpload."""
     root = parse(body)
     if local_name(root) != "CompleteMultipartUpload":
-        raise MalformedXMLError("expected a CompleteMultipartUpload element")
+        raise MalformedXML("expected a CompleteMultipartUpload element")
     parts = []
     for part in children(root, "Part"):
         number, etag = child_text(part, "PartNumber"), child_text(part, "ETag")
         if number is None or etag is None or not number.strip().isdigit():
-            raise MalformedXMLError("Part needs PartNumber and ETag")
+            raise MalformedXML("Part needs PartNumber and ETag")
         parts.append((int(number), etag.strip().strip('"')))
     if not parts:
-        raise MalformedXMLError("CompleteMultipartUpload lists no parts")
+        raise MalformedXML("CompleteMultipartUpload lists no parts")
     return parts
 
 
@@ -300,5 +296,5 @@ def parse_create_bucket(body: bytes) -> str | None:
         return None
     root = parse(body)
     if local_name(root) != "CreateBucketConfiguration":
-        raise MalformedXMLError("expected a CreateBucketConfiguration element")
+        raise MalformedXML("expected a CreateBucketConfiguration element")
     return child_text(root, "LocationConstraint")

@@ -195,6 +195,45 @@ class MalformedTrailerError(PetrelError):
 # ----- end auth ----------------------------------------------------------------------
 
 
+# ----- requests and multipart ----------------------------------------------------------
+class MalformedXML(PetrelError):
+    code, status = "MalformedXML", 400
+    message = "The XML you provided was not well-formed or did not validate against our schema."
+
+
+class MethodNotAllowed(PetrelError):
+    code, status = "MethodNotAllowed", 405
+    message = "The specified method is not allowed against this resource."
+
+
+class NotImplementedOperation(PetrelError):
+    code, status = "NotImplemented", 501
+    message = "A header or query you provided implies functionality that is not implemented."
+
+
+class NoSuchUpload(PetrelError):
+    code, status = "NoSuchUpload", 404
+    message = ("The specified multipart upload does not exist. The upload ID might be "
+               "invalid, or the multipart upload might have been aborted or completed.")
+
+
+class InvalidPart(PetrelError):
+    code, status = "InvalidPart", 400
+    message = ("One or more of the specified parts could not be found. The part might not "
+               "have been uploaded, or the specified entity tag might not have matched "
+               "the part's entity tag.")
+
+
+class InvalidPartOrder(PetrelError):
+    code, status = "InvalidPartOrder", 400
+    message = "The list of parts was not in ascending order."
+
+
+class EntityTooSmall(PetrelError):
+    code, status = "EntityTooSmall", 400
+    message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
 def _all_subclasses(cls: type[PetrelError]) -> list[type[PetrelError]]:
     found: list[type[PetrelError]] = []
     for sub in cls.__subclasses__():
@@ -204,8 +243,10 @@ def _all_subclasses(cls: type[PetrelError]) -> list[type[PetrelError]]:
 
 
 def error_for_code(code: str) -> type[PetrelError]:
-    """The most specific class for an S3 error code (the client uses this)."""
-    for sub in _all_subclasses(PetrelError):
-        if sub.code == code and sub.__subclasses__() == []:
+    """The class for an S3 error code (the client maps responses back with this).
+    Where several classes share a code, the one named after it wins."""
+    candidates = [sub for sub in _all_subclasses(PetrelError) if sub.code == code]
+    for sub in candidates:
+        if sub.__name__ == code:
             return sub
-    return PetrelError
+    return candidates[0] if candidates else PetrelError

@@ -24,33 +24,18 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from petrel import format as fmt
-from petrel.errors import EntityTooLarge, InvalidArgument, PetrelError
+from petrel.errors import (
+    BadDigest,
+    EntityTooLarge,
+    EntityTooSmall,
+    InvalidArgument,
+    InvalidPart,
+    InvalidPartOrder,
+    NoSuchUpload,
+)
 
 PART_NUMBER_MAX = 10_000
 PART_READ_BYTES = 1024 * 1024
-
-
-class NoSuchUpload(PetrelError):
-    code, status = "NoSuchUpload", 404
-    message = ("The specified multipart upload does not exist. The upload ID might be "
-               "invalid, or the multipart upload might have been aborted or completed.")
-
-
-class InvalidPart(PetrelError):
-    code, status = "InvalidPart", 400
-    message = ("One or more of the specified parts could not be found. The part might not "
-               "have been uploaded, or the specified entity tag might not have matched "
-               "the part's entity tag.")
-
-
-class InvalidPartOrder(PetrelError):
-    code, status = "InvalidPartOrder", 400
-    message = "The list of parts was not in ascending order."
-
-
-class EntityTooSmall(PetrelError):
-    code, status = "EntityTooSmall", 400
-    message = "Your proposed upload is smaller than the minimum allowed object size."
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +122,6 @@ class Multipart:
                 handle.flush()
                 await loop.run_in_executor(None, os.fsync, handle.fileno())
             if expected_md5 is not None and expected_md5 != md5.digest():
-                from petrel.errors import BadDigest
-
                 raise BadDigest()
             if not os.path.isdir(directory):
                 raise NoSuchUpload(resource=upload.upload_id)
@@ -155,7 +138,7 @@ class Multipart:
         directory = self._dir(upload.upload_id)
         parts = []
         for name in os.listdir(directory):
-            stem, dot, ext = name.partition(".")
+            stem, _, ext = name.partition(".")
             if ext != "json" or not stem.isdigit():
                 continue
             with open(os.path.join(directory, name), encoding="utf-8") as handle:

@@ -27,7 +27,6 @@ from petrel import index as ix
 from petrel.apply import Applier
 from petrel.backends.base import Backend
 from petrel.errors import BlobNotFound, CorruptionError
-from petrel.settings import StoreConfig
 from petrel.segments import (
     ActiveSegment,
     footer_entries,
@@ -36,6 +35,7 @@ from petrel.segments import (
     read_footer,
     scan_file,
 )
+from petrel.settings import StoreConfig
 
 log = logging.getLogger("petrel.recovery")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from petrel.errors import (
     InvalidArgument,
     InvalidRange,
     InvalidRequest,
+    MissingContentLength,
     PreconditionFailed,
 )
 from petrel.model import ByteRange, ObjectInfo
@@ -55,10 +57,6 @@ async def put_object(call: Call) -> web.StreamResponse:
     return web.Response(status=200, headers={"ETag": xml.quoted_etag(info.etag)})
 
 
-class MissingContentLength(InvalidRequest):
-    code, status, message = "MissingContentLength", 411, "You must provide the Content-Length HTTP header."
-
-
 # ----- reads ---------------------------------------------------------------------------
 def _etag_matches(header: str, etag: str) -> bool:
     candidates = [c.strip().strip('"') for c in header.split(",")]
@@ -75,10 +73,10 @@ def _date(header: str | None) -> int | None:
     return int(parsed.timestamp())
 
 
-def check_conditions(headers: CIMultiDict[str] | object, info: ObjectInfo) -> int | None:
+def check_conditions(headers: Mapping[str, str], info: ObjectInfo) -> int | None:
     """S3's precedence: If-Match before If-Unmodified-Since (412), If-None-Match before
     If-Modified-Since (304). Returns the status to answer instead, or None."""
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     modified_s = info.last_modified_ms // 1000
     if_match, if_none_match = get("If-Match"), get("If-None-Match")
     if if_match is not None:

@@ -43,8 +43,8 @@ def verify(data_dir: str) -> FsckReport:
     backend = LocalBackend(os.path.join(data_dir, "blobs"))
     local_dir = segment_dir(data_dir)
     local_ids = set(list_local_segments(local_dir)) if os.path.isdir(local_dir) else set()
-    for segment_id in sorted(local_ids):
-        path = local_segment_path(local_dir, segment_id)
+    for local_id in sorted(local_ids):
+        path = local_segment_path(local_dir, local_id)
         report.segments += 1
         try:
             try:

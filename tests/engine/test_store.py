@@ -167,9 +167,9 @@ async def test_streamed_put_small_and_large(store: Store) -> None:
     for size in (0, 1000, 16 * KiB, 16 * KiB + 1, 200 * KiB):
         collected: list[bytes] = []
 
-        async def recorded(total: int = size):  # type: ignore[no-untyped-def]
+        async def recorded(total: int = size, sink: list[bytes] = collected):  # type: ignore[no-untyped-def]
             async for piece in chunks(total):
-                collected.append(piece)
+                sink.append(piece)
                 yield piece
 
         info = await store.put_object_stream("bkt", f"s{size}", recorded())
@@ -255,8 +255,9 @@ async def test_put_objects_and_get_objects(store: Store) -> None:
     assert isinstance(results[200], NoSuchBucket)
     assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 200)
     wanted = [GetItem("bkt", f"k{i:03d}") for i in reversed(range(200))]
-    wanted += [GetItem("bkt", "missing"), GetItem("bkt", "k010"), GetItem("bkt", "k100", ByteRange(3, 4)),
-               GetItem("bkt", "big"), GetItem("nope", "x")]
+    wanted += [GetItem("bkt", "missing"), GetItem("bkt", "k010"),
+               GetItem("bkt", "k100", ByteRange(3, 4)), GetItem("bkt", "big"),
+               GetItem("nope", "x")]
     got = await store.get_objects(wanted)
     assert len(got) == len(wanted)
     by_key = {i.key: i.data for i in items}
