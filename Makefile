@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(PY) -m petrel serve --data $(DATA) --host 127.0.0.1 --port $(PORT)
 
+# rclone is not on PyPI: the script installs the Debian package when it is missing.
 test: $(STAMP)
+	sh deploy/scripts/install-test-tools.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -24,7 +24,7 @@ from petrel.store import Store
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
 from petrel_gateway.context import OPERATION, REQUEST_ID
 from petrel_gateway.errors import Handler as Handler
-from petrel_gateway.errors import s3_errors
+from petrel_gateway.errors import error_response, s3_errors
 from petrel_gateway.handlers.base import Call
 from petrel_gateway.metrics import Metrics
 from petrel_gateway.request import resolve_target
@@ -38,6 +38,7 @@ log = logging.getLogger("petrel.gateway")
 @dataclass(slots=True)
 class Inflight:
     count: int = 0
+    draining: bool = False
 
 
 STORE = web.AppKey("petrel.store", Store)
@@ -94,10 +95,11 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
 @web.middleware
 async def inflight_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     inflight = request.app[INFLIGHT]
-    if inflight.count >= request.app[SETTINGS].inflight_requests_max:
-        from petrel_gateway.errors import error_response
-
-        return error_response(request, SlowDown())
+    if inflight.draining or inflight.count >= request.app[SETTINGS].inflight_requests_max:
+        response = error_response(request, SlowDown())
+        if inflight.draining:
+            response.force_close()
+        return response
     inflight.count += 1
     try:
         return await handler(request)
@@ -116,6 +118,15 @@ async def observed(request: web.Request, handler: Handler) -> web.StreamResponse
                                      time.perf_counter() - started,
                                      request.content_length or 0, sent)
     return response
+
+
+def start_draining(app: web.Application) -> None:
+    """Shutdown: refuse new requests (503 SlowDown) while in-flight ones finish."""
+    app[INFLIGHT].draining = True
+
+
+def inflight_requests(app: web.Application) -> int:
+    return app[INFLIGHT].count
 
 
 # ----- endpoints -------------------------------------------------------------------

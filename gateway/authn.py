@@ -8,12 +8,13 @@ are refused unless they only read a bucket configured public-read.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from petrel.errors import AccessDenied, IncompleteBody
+from petrel.errors import AccessDenied, IncompleteBody, InvalidRequest, RequestTimeout
 from petrel_gateway.auth import AuthLimits, AuthResult, SigV4Verifier
 from petrel_gateway.chunked import BodyDecoder, open_body
 from petrel_gateway.handlers.base import BodyReader
@@ -49,6 +50,11 @@ def _is_signed(request: web.Request) -> bool:
 def authenticate(request: web.Request, settings: GatewaySettings, bucket: str | None,
                  operation: str) -> Identity:
     """Raises the S3 auth errors (AccessDenied, SignatureDoesNotMatch, ...)."""
+    if "AWSAccessKeyId" in request.rel_url.query or \
+            request.headers.get("Authorization", "").startswith("AWS "):
+        # Signature V2, as S3's V4-only regions answer it.
+        raise InvalidRequest("The authorization mechanism you have provided is not "
+                             "supported. Please use AWS4-HMAC-SHA256.")
     if not _is_signed(request):
         if bucket in settings.public_read_buckets and operation in PUBLIC_READ_OPERATIONS:
             return Identity(None, "anonymous", _anonymous_body)
@@ -56,24 +62,31 @@ def authenticate(request: web.Request, settings: GatewaySettings, bucket: str | 
                            resource=request.path)
     result = request.app[VERIFIER].verify(request.method, request.rel_url.raw_path,
                                           request.rel_url.raw_query_string, request.headers)
-    return Identity(result.access_key_id, result.access_key_id, _reader(result))
+    return Identity(result.access_key_id, result.access_key_id,
+                    _reader(result, settings.body_idle_timeout_s))
 
 
-def _reader(result: AuthResult) -> BodyReader:
+def _reader(result: AuthResult, idle_timeout_s: float) -> BodyReader:
     def read(request: web.Request) -> AsyncIterator[bytes]:
-        return verified_body(request, open_body(result, request.headers))
+        return verified_body(request, open_body(result, request.headers), idle_timeout_s)
 
     return read
 
 
-async def verified_body(request: web.Request, decoder: BodyDecoder) -> AsyncIterator[bytes]:
+async def verified_body(request: web.Request, decoder: BodyDecoder,
+                        idle_timeout_s: float) -> AsyncIterator[bytes]:
     """The decoded payload in chunks. The stream's end (and every digest) is checked
     before the iterator finishes, so a consumer that commits only after exhausting it
-    never commits a short, long or corrupted body."""
+    never commits a short, long or corrupted body. A body that stalls for
+    `idle_timeout_s` fails with RequestTimeout."""
     declared = request.content_length
     received = 0
     while True:
-        piece = await request.content.read(_READ_BYTES)
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                piece = await request.content.read(_READ_BYTES)
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
         if not piece:
             break
         received += len(piece)

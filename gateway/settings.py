@@ -30,7 +30,8 @@ class GatewaySettings:
     inflight_requests_max: int = 1024
     # S3 allows 15 minutes of clock skew between client and server.
     clock_skew_s_max: int = 15 * 60
-    # Seconds a client may take to send a request body before it is dropped.
-    body_read_timeout_s: float = 300.0
+    # Seconds a request body may stall (no byte received) before the request fails with
+    # RequestTimeout; a stalled upload never holds a slot forever.
+    body_idle_timeout_s: float = 60.0
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_drain_s: float = 30.0

@@ -201,6 +201,12 @@ class MalformedXML(PetrelError):
     message = "The XML you provided was not well-formed or did not validate against our schema."
 
 
+class RequestTimeout(PetrelError):
+    code, status = "RequestTimeout", 400
+    message = ("Your socket connection to the server was not read from or written to "
+               "within the timeout period.")
+
+
 class MethodNotAllowed(PetrelError):
     code, status = "MethodNotAllowed", 405
     message = "The specified method is not allowed against this resource."

@@ -7,9 +7,12 @@ A segment file is::
     record, record, ...            (appended; a record never changes once written)
     footer table + trailer         (only once sealed; the segment never changes again)
 
-Every record carries an xxh3-64 checksum over its header, key, metadata and payload.
-Decoders never return unchecked bytes: they raise `TruncatedRecord` when the bytes end
-early (a torn append) and `CorruptRecord`/`CorruptSegment` when they do not check out.
+Every record carries a 32-bit checksum over its header fields, so that its length can
+be trusted before the rest of it is read, and an xxh3-64 checksum over all of it.
+Decoders never return unchecked bytes: they raise `TruncatedRecord` when a record's
+header checks out but its bytes end early (a torn append), `CorruptRecordBody` when its
+header checks out but the rest does not, and `CorruptRecord`/`CorruptSegment` when
+they do not check out at all.
 
 The index value (what RocksDB stores per key) is also defined here, because it is bytes
 on disk too, and shares the footer's entry layout.
@@ -43,7 +46,18 @@ class CorruptRecord(CorruptionError):
 
 
 class TruncatedRecord(CorruptRecord):
-    """The bytes end before the record does (a torn append at a segment's tail)."""
+    """The bytes end before the record does (a torn append at a segment's tail): either
+    before its header is complete, or before the length its valid header declares."""
+
+
+class CorruptRecordBody(CorruptRecord):
+    """The record's header checks out but its full checksum does not: `length`, from
+    the verified header, is where the record ends, so a scan can step over it whole
+    instead of searching its payload (user bytes) for something that looks valid."""
+
+    def __init__(self, message: str, *, length: int) -> None:
+        super().__init__(message)
+        self.length = length
 
 
 class CorruptSegment(CorruptionError):
@@ -106,15 +120,22 @@ def decode_segment_header(buf: bytes | memoryview) -> SegmentHeader:
 #     20    8 last-modified, unix ms (u64)
 #     28    2 ETag part count (u16): 0 = single-part (ETag is the MD5 of the content)
 #     30   16 ETag MD5 (raw)
-#     46    K key: b"bucket/key" for objects, b"bucket" for bucket records
-#   46+K    M metadata (see encode_meta)
-# 46+K+M    P payload: the object's bytes, or a LargeRef for FLAG_LARGE
-#  end-8    8 xxh3-64 of every byte before it in the record
+#     46    4 header checksum (u32): low 32 bits of xxh3-64 of bytes 0..46
+#     50    K key: b"bucket/key" for objects, b"bucket" for bucket records
+#   50+K    M metadata (see encode_meta)
+# 50+K+M    P payload: the object's bytes, or a LargeRef for FLAG_LARGE
+#  end-8    8 xxh3-64 of every byte before it in the record (header checksum included)
+# The header checksum lets a scanner trust a record's length before reading the rest:
+# a torn record with a valid header is a torn tail, and a record whose header checks
+# out is never searched inside for another record (its payload is user bytes).
 RECORD_MAGIC = 0xE3A9
-_RECORD_HEADER = struct.Struct("<HBBHHIQQH16s")
+_RECORD_FIELDS = struct.Struct("<HBBHHIQQH16s")  # what the header checksum covers
+_RECORD_HEADER = struct.Struct("<HBBHHIQQH16sI")
 RECORD_HEADER_BYTES = _RECORD_HEADER.size
+RECORD_HEADER_CHECKSUM_BYTES = RECORD_HEADER_BYTES - _RECORD_FIELDS.size
 RECORD_CHECKSUM_BYTES = 8
 RECORD_OVERHEAD_BYTES = RECORD_HEADER_BYTES + RECORD_CHECKSUM_BYTES
+_HEADER_CHECKSUM_MASK = 0xFFFF_FFFF
 _RECORD_SYNC = RECORD_MAGIC.to_bytes(2, "little") + bytes([FORMAT_VERSION])
 NO_MD5 = bytes(16)
 
@@ -152,10 +173,12 @@ def encode_record(
 ) -> EncodedRecord:
     assert flags & ~FLAGS_KNOWN == 0, flags
     assert len(md5) == 16
-    header = _RECORD_HEADER.pack(
+    fields = _RECORD_FIELDS.pack(
         RECORD_MAGIC, FORMAT_VERSION, flags, len(key), len(meta), len(payload),
         seq, mtime_ms, parts, md5,
     )
+    header_checksum = _checksum(fields) & _HEADER_CHECKSUM_MASK
+    header = fields + header_checksum.to_bytes(RECORD_HEADER_CHECKSUM_BYTES, "little")
     hasher = _Hasher(header)
     hasher.update(key)
     hasher.update(meta)
@@ -167,29 +190,35 @@ def encode_record(
 
 
 def decode_record(buf: bytes | memoryview, offset: int = 0) -> Record:
-    """Decode the record at `offset` of `buf`, verifying its checksum.
+    """Decode the record at `offset` of `buf`, verifying both its checksums.
 
-    Raises TruncatedRecord if `buf` ends before the record does, CorruptRecord if the
-    bytes are not a valid record.
+    Raises, in the order checked:
+    TruncatedRecord if `buf` ends inside the header, CorruptRecord if the header does
+    not check out (magic, version, header checksum, flags), TruncatedRecord if the
+    header checks out but `buf` ends before the length it declares, and
+    CorruptRecordBody (carrying that length) if the full checksum does not match.
     """
     end_of_data = len(buf)
-    if offset + RECORD_OVERHEAD_BYTES > end_of_data:
+    if offset + RECORD_HEADER_BYTES > end_of_data:
         raise TruncatedRecord(f"record header at {offset} runs past end ({end_of_data})")
     (magic, version, flags, key_len, meta_len, payload_len, seq, mtime_ms, parts,
-     md5) = _RECORD_HEADER.unpack_from(buf, offset)
+     md5, header_checksum) = _RECORD_HEADER.unpack_from(buf, offset)
     if magic != RECORD_MAGIC or version != FORMAT_VERSION:
         raise CorruptRecord(f"bad record magic/version at {offset}")
+    view = memoryview(buf)
+    fields_end = offset + _RECORD_FIELDS.size
+    if _checksum(view[offset:fields_end]) & _HEADER_CHECKSUM_MASK != header_checksum:
+        raise CorruptRecord(f"record header checksum mismatch at {offset}")
     if flags & ~FLAGS_KNOWN:
         raise CorruptRecord(f"unknown record flags {flags:#x} at {offset}")
     length = RECORD_OVERHEAD_BYTES + key_len + meta_len + payload_len
     end = offset + length
     if end > end_of_data:
         raise TruncatedRecord(f"record at {offset} of {length} bytes runs past end")
-    view = memoryview(buf)
     stored = int.from_bytes(view[end - 8 : end], "little")
     checksum = _checksum(view[offset : end - 8])
     if stored != checksum:
-        raise CorruptRecord(f"record checksum mismatch at {offset}")
+        raise CorruptRecordBody(f"record checksum mismatch at {offset}", length=length)
     start_key = offset + RECORD_HEADER_BYTES
     start_meta = start_key + key_len
     start_payload = start_meta + meta_len
@@ -212,6 +241,9 @@ def verified_payload(buf: bytes, offset: int, location: Location, key: bytes) ->
 
     Raises TruncatedRecord if `buf` is short, CorruptRecord if the bytes are not that
     record (bad framing, checksum mismatch, or another key).
+
+    The header checksum is not checked: the full checksum covers it, and is compared
+    with the index's copy too, so a second hash would only slow the read path down.
     """
     length = location.length
     end = offset + length
@@ -232,10 +264,14 @@ def verified_payload(buf: bytes, offset: int, location: Location, key: bytes) ->
 
 
 def find_next_record(buf: bytes | memoryview, offset: int) -> int | None:
-    """The offset of the first valid record strictly after `offset`, or None.
+    """The offset of the first valid record (sync bytes, header checksum and full
+    checksum all check out) strictly after `offset`, or None.
 
-    Used to tell a torn tail (nothing valid follows) from corruption in the middle of a
-    segment (valid records follow and must not be cut off).
+    Used after a record header that does not check out, to tell a torn tail (nothing
+    valid follows) from corruption in the middle of a segment (valid records follow and
+    must not be cut off). A candidate whose header checks out but whose body does not is
+    passed over byte by byte, not stepped over by its length: the search runs through
+    bytes whose framing is lost, where a length could be one a payload planted.
     """
     data = bytes(buf) if isinstance(buf, memoryview) else buf
     position = offset + 1

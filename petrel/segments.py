@@ -103,8 +103,10 @@ class ActiveSegment:
 
 @dataclass(slots=True)
 class ScanResult:
-    """What `scan_segment` found: the records, where valid data ends, and any corrupt
-    ranges it skipped (valid records followed them, so they are not a torn tail)."""
+    """What `scan_records` found: the records, where valid data ends (the end of the
+    last good record), and any corrupt ranges it skipped: whole records whose header
+    checked out but body did not, and bytes with no valid header up to a valid record
+    (so not a torn tail)."""
 
     records: list[tuple[int, fmt.Record]] = field(default_factory=list)
     valid_end: int = fmt.SEGMENT_HEADER_BYTES
@@ -113,9 +115,17 @@ class ScanResult:
 
 def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
                  result: ScanResult | None = None) -> ScanResult:
-    """Decode records in buf[start:end]. A bad record followed by no valid record is a
-    torn tail: scanning stops and `valid_end` marks where to cut. A bad record followed
-    by valid ones is corruption: it is skipped and reported, the rest is kept."""
+    """Decode records in buf[start:end], telling a torn tail from corruption:
+
+    - a record whose header checks out but whose bytes end early is a torn tail:
+      scanning stops and `valid_end` marks where to cut. Its payload is never searched
+      (it is user bytes, and may hold something that decodes as a record);
+    - a record whose header checks out but whose body does not is corruption: its
+      declared length is trusted, the whole record is skipped and reported;
+    - a header that does not check out loses the framing: the next valid record is
+      searched for. None is a torn tail; one found is corruption, the bytes up to it
+      are skipped and reported, the rest is kept.
+    """
     result = result or ScanResult(valid_end=start)
     view = memoryview(buf)[:end]
     position = start
@@ -127,7 +137,7 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
             # capture, MemoryHandler) would keep its traceback, whose frames hold views
             # of `buf`, and closing the caller's mmap would then raise BufferError.
             reason = str(exc)
-            following = fmt.find_next_record(view, position)
+            following = _resume_at(view, position, exc)
             if following is None:
                 if not isinstance(exc, fmt.TruncatedRecord):
                     log.warning("segment tail cut at %d: %s", position, reason)
@@ -141,6 +151,18 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
         result.valid_end = position
     view.release()
     return result
+
+
+def _resume_at(view: memoryview, position: int, exc: fmt.CorruptRecord) -> int | None:
+    """Where scanning goes on after the bad record at `position`; None: a torn tail."""
+    if isinstance(exc, fmt.TruncatedRecord):
+        # Its header checked out, or the bytes end inside it (too few left to hold any
+        # record): an append cut short. Searching its payload, user bytes, could find a
+        # record planted there.
+        return None
+    if isinstance(exc, fmt.CorruptRecordBody):
+        return position + exc.length  # the header checked out: the framing holds
+    return fmt.find_next_record(view, position)  # the framing is lost: resync
 
 
 def scan_file(path: str, start: int = fmt.SEGMENT_HEADER_BYTES, *,

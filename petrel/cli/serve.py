@@ -4,7 +4,8 @@ Settings come from, in increasing precedence: built-in defaults, a TOML file
 (`--config`), environment variables (PETREL_*), and command-line flags. An unknown key
 or a bad value stops the start with a message naming it.
 
-    [server]            host, port, region, virtual_host_domains, inflight_requests_max
+    [server]            host, port, region, virtual_host_domains, inflight_requests_max,
+                        log_level, body_idle_timeout_s, shutdown_drain_s
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s
     [auth]              access_key, secret_key, credentials_file, public_read_buckets
@@ -31,7 +32,8 @@ ENV_PREFIX = "PETREL_"
 # section -> key -> type; the schema of the TOML file and of PETREL_* variables.
 SCHEMA: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "region": str, "virtual_host_domains": list,
-               "inflight_requests_max": int, "log_level": str},
+               "inflight_requests_max": int, "log_level": str,
+               "body_idle_timeout_s": float, "shutdown_drain_s": float},
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
@@ -204,6 +206,9 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
     if options.get("server", "inflight_requests_max") is not None:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
+    for name in ("body_idle_timeout_s", "shutdown_drain_s"):
+        if options.get("server", name) is not None:
+            settings_fields[name] = options.get("server", name)
     if options.get("server", "virtual_host_domains") is not None:
         settings_fields["virtual_host_domains"] = tuple(
             options.get("server", "virtual_host_domains"))
@@ -232,22 +237,54 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(settings: Any, store_config: Any) -> int:
-    """Run until SIGTERM/SIGINT: then stop accepting, drain in-flight requests for up to
-    `shutdown_drain_s`, commit and sync the store, and return 0."""
+    """Run until SIGTERM/SIGINT: then stop accepting connections, let in-flight requests
+    finish for up to `shutdown_drain_s` (new requests on open connections get 503
+    SlowDown meanwhile), commit and sync the store, and return 0."""
     import asyncio
 
     import uvloop
-    from aiohttp import web
 
-    from petrel_gateway.app import build_app
-
-    app = build_app(settings, store_config)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(settings, store_config))
+    finally:
+        loop.close()
+    return 0
+
+
+async def _serve(settings: Any, store_config: Any) -> None:
+    import asyncio
+    import signal
+    import time
+
+    from aiohttp import web
+
+    from petrel_gateway.app import build_app, inflight_requests, start_draining
+
+    app = build_app(settings, store_config)
+    # aiohttp's own shutdown cancels requests still reading their body; petrel drains
+    # them first, so an upload in flight at SIGTERM completes and is acknowledged.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
     print(f"petrel: serving S3 on http://{settings.host}:{settings.port} "
           f"(data {store_config.data_dir}, durability {store_config.durability.value})",
           flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, loop=loop,
-                shutdown_timeout=settings.shutdown_drain_s, print=None,
-                access_log=None, handle_signals=True)
-    return 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    print("petrel: stopping: draining in-flight requests", flush=True)
+    start_draining(app)
+    server = site._server  # the listening socket only; open connections stay
+    if server is not None:
+        server.close()
+    deadline = time.monotonic() + settings.shutdown_drain_s
+    while inflight_requests(app) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await runner.cleanup()  # closes connections, then the store (commit, sync)
+    print("petrel: stopped", flush=True)

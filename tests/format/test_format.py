@@ -16,6 +16,7 @@ reference live inside a record, whose checksum covers them: that is tested too.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from petrel import format as fmt
+from petrel import segments
 from petrel.errors import CorruptionError
 
 T = TypeVar("T")
@@ -92,6 +94,15 @@ def mutation(draw: st.DrawFn, encoded: bytes) -> tuple[str, bytes]:
 
 def joined(encoded: fmt.EncodedRecord) -> bytes:
     return b"".join(encoded.parts)
+
+
+def resealed(record: bytes | bytearray) -> bytes:
+    """`record` with both its checksums recomputed (bytes 46..50 and the last 8), as a
+    writer that got a field wrong would have written it."""
+    out = bytearray(record)
+    out[46:50] = (xxhash.xxh3_64_intdigest(bytes(out[:46])) & 0xFFFF_FFFF).to_bytes(4, "little")
+    out[-8:] = xxhash.xxh3_64_intdigest(bytes(out[:-8])).to_bytes(8, "little")
+    return bytes(out)
 
 
 # ----- strategies ------------------------------------------------------------------------
@@ -310,9 +321,22 @@ def test_record_layout() -> None:
         3,
         bytes(range(16)),
     )
-    assert encoded[46:55] == b"bk/kMMppp"
-    assert len(encoded) == 46 + 9 + 8
+    header_checksum = xxhash.xxh3_64_intdigest(encoded[:46]) & 0xFFFF_FFFF
+    assert int.from_bytes(encoded[46:50], "little") == header_checksum
+    assert encoded[50:59] == b"bk/kMMppp"
+    assert len(encoded) == 50 + 9 + 8
     assert int.from_bytes(encoded[-8:], "little") == xxhash.xxh3_64_intdigest(encoded[:-8])
+    assert (fmt.RECORD_HEADER_BYTES, fmt.RECORD_CHECKSUM_BYTES) == (50, 8)
+    assert fmt.RECORD_OVERHEAD_BYTES == 58
+
+
+def test_record_parts_are_header_key_meta_payload_checksum() -> None:
+    """encode_record hands the writer separate buffers (one writev), never one join."""
+    encoded = fmt.encode_record(flags=0, key=b"b/k", meta=b"M", payload=b"pp", seq=1, mtime_ms=2)
+    header, key, meta, payload, checksum = encoded.parts
+    assert (len(header), key, meta, payload) == (50, b"b/k", b"M", b"pp")
+    assert int.from_bytes(checksum, "little") == encoded.checksum
+    assert encoded.length == sum(len(part) for part in encoded.parts)
 
 
 def test_record_flag_values_are_frozen() -> None:
@@ -330,10 +354,17 @@ def test_record_mutated_never_decodes_to_other_bytes(
     try:
         record = fmt.decode_record(mutated)
     except fmt.TruncatedRecord:
-        assert kind in ("truncate", "flip", "overwrite")  # a length field may grow
+        # A changed length field fails the header checksum: only a cut is a torn record.
+        assert kind == "truncate"
+        return
+    except fmt.CorruptRecordBody as exc:
+        assert kind in ("flip", "overwrite")
+        assert mutated[: fmt.RECORD_HEADER_BYTES] == buf[: fmt.RECORD_HEADER_BYTES]
+        assert exc.length == len(buf)  # the header's length, trustworthy
         return
     except fmt.CorruptRecord:
-        assert kind != "truncate"  # losing the end of a record is always a torn record
+        assert kind in ("flip", "overwrite")  # losing the end of a record is always torn
+        assert mutated[: fmt.RECORD_HEADER_BYTES] != buf[: fmt.RECORD_HEADER_BYTES]
         return
     assert kind == "extend"
     assert record_fields(record) == args
@@ -346,11 +377,37 @@ def test_record_header_byte_changed_is_detected(
     args: dict[str, Any], index: int, delta: int
 ) -> None:
     """Even with the rest of the segment after it (so a grown length still fits), a
-    changed header byte is caught: the checksum covers the header."""
+    changed header byte (the header checksum's included) fails the header, before any
+    length in it is trusted: never a torn record, never a body error with a length."""
     buf = bytearray(joined(fmt.encode_record(**args)) + bytes(4096))
     buf[index] ^= delta
-    with pytest.raises(fmt.CorruptRecord):
+    with pytest.raises(fmt.CorruptRecord) as raised:
         fmt.decode_record(bytes(buf))
+    assert type(raised.value) is fmt.CorruptRecord
+
+
+@THOROUGH
+@given(record_args(), st.data())
+def test_record_body_byte_changed_is_a_body_error_with_the_length(
+    args: dict[str, Any], data: st.DataObject
+) -> None:
+    buf = bytearray(joined(fmt.encode_record(**args)))
+    index = data.draw(st.integers(fmt.RECORD_HEADER_BYTES, len(buf) - 1))
+    buf[index] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(fmt.CorruptRecordBody) as raised:
+        fmt.decode_record(bytes(buf) + bytes(64))
+    assert raised.value.length == len(buf)
+
+
+@FAST
+@given(record_args(), st.data())
+def test_record_torn_after_its_header_is_truncated(
+    args: dict[str, Any], data: st.DataObject
+) -> None:
+    buf = joined(fmt.encode_record(**args))
+    cut = data.draw(st.integers(fmt.RECORD_HEADER_BYTES, len(buf) - 1))
+    with pytest.raises(fmt.TruncatedRecord):
+        fmt.decode_record(buf[:cut])
 
 
 @THOROUGH
@@ -367,9 +424,21 @@ def test_record_unknown_flags_rejected_with_valid_checksum(
 ) -> None:
     buf = bytearray(joined(fmt.encode_record(**args)))
     buf[3] = flags
-    buf[-8:] = xxhash.xxh3_64_intdigest(bytes(buf[:-8])).to_bytes(8, "little")
-    with pytest.raises(fmt.CorruptRecord, match="flags"):
+    with pytest.raises(fmt.CorruptRecord, match="header checksum"):
         fmt.decode_record(bytes(buf))
+    with pytest.raises(fmt.CorruptRecord, match="flags"):
+        fmt.decode_record(resealed(buf))
+
+
+@FAST
+@given(record_args(), st.integers(2, 0xFF))
+def test_record_other_version_rejected_with_valid_checksums(
+    args: dict[str, Any], version: int
+) -> None:
+    buf = bytearray(joined(fmt.encode_record(**args)))
+    buf[2] = version
+    with pytest.raises(fmt.CorruptRecord, match="version"):
+        fmt.decode_record(resealed(buf))
 
 
 def test_record_shorter_than_framing_is_truncated() -> None:
@@ -968,27 +1037,167 @@ def test_find_next_record_random_bytes(buf: bytes, offset: int) -> None:
         fmt.decode_record(buf, found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "format v1 cannot tell a record embedded in a torn record's payload from a real "
-        "one: scan_records then treats the torn tail as mid-segment corruption and keeps "
-        "the embedded record (its key and seq chosen by whoever wrote the payload)"
-    ),
-)
-def test_find_next_record_ignores_records_embedded_in_a_torn_payload() -> None:
-    inner = joined(
+# ----- scanning a segment: segments.scan_records ----------------------------------------
+# Recovery (replay of an active segment's tail), sealing and rebuild all scan with it. A
+# payload is user bytes and may hold a complete encoded record with any key and seq:
+# scanning must only ever find records at the framing's own boundaries.
+LAST: dict[str, Any] = {
+    "flags": 0,
+    "key": b"b/last",
+    "meta": b"",
+    "payload": b"z",
+    "seq": 1,
+    "mtime_ms": 1,
+    "parts": 0,
+    "md5": fmt.NO_MD5,
+}
+
+
+def scan(buf: bytes) -> segments.ScanResult:
+    return segments.scan_records(buf, fmt.SEGMENT_HEADER_BYTES, len(buf))
+
+
+def scanned(result: segments.ScanResult) -> list[tuple[int, dict[str, Any]]]:
+    return [(offset, record_fields(record)) for offset, record in result.records]
+
+
+def carrier(args: dict[str, Any], inner: bytes, before: bytes, after: bytes) -> bytes:
+    """A record (built from `args`) whose payload holds the encoded record `inner`."""
+    return joined(fmt.encode_record(**{**args, "payload": before + inner + after}))
+
+
+def planted_record() -> bytes:
+    return joined(
         fmt.encode_record(flags=0, key=b"victim/k", meta=b"", payload=b"x", seq=2**63, mtime_ms=1)
     )
-    outer = joined(
-        fmt.encode_record(
-            flags=0,
-            key=b"mallory/k",
-            meta=b"",
-            payload=b"pad" + inner + bytes(500),
-            seq=1,
-            mtime_ms=1,
-        )
+
+
+def test_scan_ignores_a_record_embedded_in_a_torn_payload() -> None:
+    """A crash tears the last append after the record it carries in its payload: the
+    resync search would find that record, but the torn record's header checks out, so
+    the scan cuts there and never searches inside it."""
+    inner = planted_record()
+    outer = carrier(dict(LAST, key=b"mallory/k"), inner, b"pad", bytes(500))
+    head = fmt.encode_segment_header(fmt.SegmentHeader(1, 1))
+    torn = head + outer[: len(outer) - 100]
+    embedded_at = len(head) + fmt.RECORD_HEADER_BYTES + len(b"mallory/k") + len(b"pad")
+    assert fmt.find_next_record(torn, len(head)) == embedded_at  # the hazard is real
+    result = scan(torn)
+    assert result.records == []
+    assert result.corrupt_ranges == []
+    assert result.valid_end == len(head)
+
+
+def test_scan_skips_a_body_corrupt_record_whole() -> None:
+    inner = planted_record()
+    outer = bytearray(carrier(dict(LAST, key=b"mallory/k"), inner, b"pad", bytes(50)))
+    outer[-1] ^= 0x10  # its checksum: the header still checks out
+    head = fmt.encode_segment_header(fmt.SegmentHeader(1, 1))
+    last = joined(fmt.encode_record(**LAST))
+    buf = head + bytes(outer) + last
+    result = scan(buf)
+    assert scanned(result) == [(len(head) + len(outer), LAST)]
+    assert result.corrupt_ranges == [(len(head), len(head) + len(outer))]
+    assert result.valid_end == len(buf)
+
+
+@THOROUGH
+@given(record_runs(), record_args(), record_args(), st.binary(max_size=40), st.data())
+def test_scan_cuts_a_torn_record_at_its_start_whatever_its_payload_holds(
+    run: tuple[bytes, list[tuple[int, dict[str, Any]]]],
+    outer_args: dict[str, Any],
+    inner_args: dict[str, Any],
+    pad: bytes,
+    data: st.DataObject,
+) -> None:
+    buf, placed = run
+    outer = carrier(outer_args, joined(fmt.encode_record(**inner_args)), pad, pad)
+    cut = data.draw(st.integers(1, len(outer) - 1))  # inside its header too
+    result = scan(buf + outer[:cut])
+    assert scanned(result) == placed
+    assert result.corrupt_ranges == []
+    assert result.valid_end == len(buf)
+
+
+@THOROUGH
+@given(
+    record_runs(), record_args(), record_args(), st.binary(max_size=40), st.booleans(), st.data()
+)
+def test_scan_skips_a_body_corrupt_record_whatever_its_payload_holds(
+    run: tuple[bytes, list[tuple[int, dict[str, Any]]]],
+    outer_args: dict[str, Any],
+    inner_args: dict[str, Any],
+    pad: bytes,
+    last: bool,
+    data: st.DataObject,
+) -> None:
+    """A record whose header checks out but whose body does not is skipped by its
+    length: the record its payload carries stays unread. Last in the segment, it is
+    still reported, and `valid_end` stays before it (recovery cuts it off)."""
+    buf, placed = run
+    inner = joined(fmt.encode_record(**inner_args))
+    outer = bytearray(carrier(outer_args, inner, pad, pad))
+    inner_at = len(outer) - fmt.RECORD_CHECKSUM_BYTES - len(pad) - len(inner)
+    outside_inner = [
+        *range(fmt.RECORD_HEADER_BYTES, inner_at),
+        *range(inner_at + len(inner), len(outer)),
+    ]
+    outer[data.draw(st.sampled_from(outside_inner))] ^= data.draw(st.integers(1, 255))
+    after = b"" if last else joined(fmt.encode_record(**LAST))
+    segment = buf + bytes(outer) + after
+    result = scan(segment)
+    expected = placed if last else [*placed, (len(buf) + len(outer), LAST)]
+    assert scanned(result) == expected
+    assert result.corrupt_ranges == [(len(buf), len(buf) + len(outer))]
+    assert result.valid_end == (len(buf) if last else len(segment))
+
+
+@THOROUGH
+@given(record_runs(), st.data())
+def test_scan_resyncs_after_a_header_that_does_not_check_out(
+    run: tuple[bytes, list[tuple[int, dict[str, Any]]]], data: st.DataObject
+) -> None:
+    buf, placed = run
+    bad_index = data.draw(st.integers(0, len(placed) - 1))
+    bad_offset = placed[bad_index][0]
+    segment = bytearray(buf + joined(fmt.encode_record(**LAST)))
+    next_offset = placed[bad_index + 1][0] if bad_index + 1 < len(placed) else len(buf)
+    segment[bad_offset + data.draw(st.integers(0, fmt.RECORD_HEADER_BYTES - 1))] ^= data.draw(
+        st.integers(1, 255)
     )
-    torn = outer[: len(outer) - 100]
-    assert fmt.find_next_record(torn, 0) is None
+    result = scan(bytes(segment))
+    assert scanned(result) == [*placed[:bad_index], *placed[bad_index + 1 :], (len(buf), LAST)]
+    assert result.corrupt_ranges == [(bad_offset, next_offset)]
+    assert result.valid_end == len(segment)
+
+
+@FAST
+@given(record_runs(), st.binary(min_size=1, max_size=200))
+def test_scan_cuts_garbage_after_the_last_record(
+    run: tuple[bytes, list[tuple[int, dict[str, Any]]]], garbage: bytes
+) -> None:
+    buf, placed = run
+    result = scan(buf + SYNC + garbage)
+    assert scanned(result) == placed
+    assert result.corrupt_ranges == []
+    assert result.valid_end == len(buf)
+
+
+@THOROUGH
+@given(record_runs(), st.data())
+def test_scan_mutated_yields_only_original_records(
+    run: tuple[bytes, list[tuple[int, dict[str, Any]]]], data: st.DataObject
+) -> None:
+    buf, placed = run
+    header, records = buf[: fmt.SEGMENT_HEADER_BYTES], buf[fmt.SEGMENT_HEADER_BYTES :]
+    _, mutated_records = data.draw(mutation(records))
+    mutated = header + mutated_records
+    result = scan(mutated)
+    originals = dict(placed)
+    for offset, fields in scanned(result):
+        assert fields == originals[offset]
+    spans = sorted([(o, o + r.length) for o, r in result.records] + result.corrupt_ranges)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start  # records and corrupt ranges never overlap
+    assert fmt.SEGMENT_HEADER_BYTES <= result.valid_end <= len(mutated)
+    assert all(end <= len(mutated) for _, end in spans)

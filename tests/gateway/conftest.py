@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import boto3
 import pytest
 from botocore.config import Config
-
-ACCESS_KEY = "PKTESTACCESSKEY00001"
-SECRET_KEY = "test-secret-key-0123456789abcdefghijklmn"
+from rawhttp import ACCESS_KEY, SECRET_KEY
 
 
 def free_port() -> int:
@@ -92,8 +90,8 @@ def make_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = S
     return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
         aws_secret_access_key=secret_key, region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                      **config))  # type: ignore[arg-type]
+        config=Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1},
+                         "signature_version": "s3v4", **config}))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
