@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from petrel.errors import MethodNotAllowed, NotImplementedOperation, PetrelError, SlowDown
+from petrel.errors import (
+    InvalidArgument,
+    MethodNotAllowed,
+    NotImplementedOperation,
+    PetrelError,
+    SlowDown,
+)
 from petrel.settings import StoreConfig
 from petrel.store import Store
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
@@ -157,6 +163,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     kind = SERVICE if target.bucket is None else BUCKET if target.key is None else OBJECT
     if UNSUPPORTED_SUBRESOURCES.intersection(request.query.keys()):
         raise NotImplementedOperation()
+    if request.query.get("versionId", "null") != "null":
+        # Buckets are unversioned: every object is its `null` version, as in S3.
+        raise InvalidArgument("Invalid version id specified")
     route = find_route(request.method, kind, request)
     if route is None:
         raise MethodNotAllowed()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from petrel.errors import NotImplementedOperation
 from petrel_gateway.handlers import buckets, multipart, objects
 from petrel_gateway.handlers.base import Call
 
@@ -58,6 +59,7 @@ ROUTES: list[Route] = [
     Route("GET", BUCKET, buckets.get_bucket_location, query=("location",)),
     Route("GET", BUCKET, buckets.get_bucket_versioning, query=("versioning",)),
     Route("GET", BUCKET, buckets.get_bucket_acl, query=("acl",)),
+    Route("GET", OBJECT, objects.get_object_acl, query=("acl",)),
     Route("GET", BUCKET, buckets.list_object_versions, query=("versions",)),
     Route("GET", BUCKET, buckets.list_objects_v2, query_value=("list-type", "2")),
     Route("GET", BUCKET, buckets.list_objects),
@@ -82,8 +84,18 @@ UNSUPPORTED_SUBRESOURCES = frozenset({
     "attributes",
 })
 
+# Sub-resources petrel answers only to GET, with fixed read-only answers. Any other
+# method on them (PutObjectAcl, PutBucketVersioning, ...) is answered 501: without this
+# `PUT /b/k?acl` would fall through to PutObject and replace the object's bytes with the
+# ACL request body, and `PUT /b?versioning` would reach CreateBucket.
+READ_ONLY_SUBRESOURCES = frozenset({"acl", "location", "versioning", "versions"})
+
 
 def find_route(method: str, target: str, request: web.Request) -> Route | None:
+    """The first matching row, or None. Raises NotImplementedOperation for a method
+    other than GET on a read-only sub-resource."""
+    if method != "GET" and READ_ONLY_SUBRESOURCES.intersection(request.query.keys()):
+        raise NotImplementedOperation()
     if method == "HEAD" and target == SERVICE:
         return None
     for route in ROUTES:

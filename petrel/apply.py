@@ -55,6 +55,7 @@ class Applier:
         self.object_count = index.get_meta_int("object_count", 0)
         self.next_segment_id = max(index.get_meta_int("next_segment_id", 1),
                                    max(segments, default=0) + 1)
+        self._delta: dict[int, list[int]] = {}
 
     def allocate_segment_id(self, floor: int = 0) -> int:
         """A segment id never used before (ids are not reused: a blob deleted late must
@@ -69,6 +70,9 @@ class Applier:
         segment rows) in one atomic batch."""
         out = Applied()
         touched: set[int] = set()
+        # Per-segment [live, dead, min_seq, max_seq] deltas, folded into the rows once at
+        # the end (one row object per segment per batch, not two per record).
+        self._delta = {}
         current = self._prefetch(items)
         for item in items:
             entry = item.entry
@@ -78,6 +82,7 @@ class Applier:
                 out.errors.append(self._apply_bucket(item, out))
             else:
                 out.errors.append(self._apply_object(item, current, out, touched))
+        self._fold()
         for segment_id in touched:
             if segment_id in self.segments:  # a retired entry's segment may be gone
                 out.ops.append(ix.segment_op(self.segments[segment_id]))
@@ -100,24 +105,38 @@ class Applier:
         return {k: None if v is None else fmt.decode_index_value(v)
                 for k, v in zip(keys, values, strict=True)}
 
+    def _slot(self, segment_id: int) -> list[int] | None:
+        slot = self._delta.get(segment_id)
+        if slot is None:
+            if segment_id not in self.segments:
+                return None  # its segment was already deleted: nothing to account
+            slot = self._delta[segment_id] = [0, 0, fmt.SEQ_NONE, 0]
+        return slot
+
     def _note_seq(self, entry: fmt.Entry) -> None:
         """Track each segment's seq range. min_seq counts object records only: it tells
         compaction whether an older object record may still exist in the segment (a
         bucket record's low seq would keep every object tombstone forever)."""
-        segment = self.segments[entry.location.segment_id]
-        low = segment.min_seq if entry.flags & fmt.FLAG_BUCKET else min(segment.min_seq,
-                                                                       entry.seq)
-        if low != segment.min_seq or entry.seq > segment.max_seq:
-            self.segments[segment.segment_id] = replace(
-                segment, min_seq=low, max_seq=max(segment.max_seq, entry.seq))
+        slot = self._slot(entry.location.segment_id)
+        assert slot is not None, "a record's own segment must be registered"
+        if not entry.flags & fmt.FLAG_BUCKET and entry.seq < slot[2]:
+            slot[2] = entry.seq
+        if entry.seq > slot[3]:
+            slot[3] = entry.seq
 
     def _account(self, location: fmt.Location, *, live: int, dead: int) -> None:
-        segment = self.segments.get(location.segment_id)
-        if segment is None:  # its segment was already deleted: nothing to account
-            return
-        self.segments[location.segment_id] = replace(
-            segment, live_bytes=max(0, segment.live_bytes + live),
-            dead_bytes=segment.dead_bytes + dead)
+        slot = self._slot(location.segment_id)
+        if slot is not None:
+            slot[0] += live
+            slot[1] += dead
+
+    def _fold(self) -> None:
+        for segment_id, (live, dead, low, high) in self._delta.items():
+            row = self.segments[segment_id]
+            self.segments[segment_id] = replace(
+                row, live_bytes=max(0, row.live_bytes + live), dead_bytes=row.dead_bytes + dead,
+                min_seq=min(row.min_seq, low), max_seq=max(row.max_seq, high))
+        self._delta = {}
 
     def _retire(self, key: bytes, old: fmt.Entry, out: Applied) -> None:
         self._account(old.location, live=-old.location.length, dead=old.location.length)

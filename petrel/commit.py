@@ -206,9 +206,8 @@ class Committer:
                 if self._closing:
                     return
                 continue
-            if (self.config.durability is Durability.BATCH and window_s > 0
-                    and len(self._group) < self.config.commit_records_max):
-                await asyncio.sleep(window_s)
+            if self.config.durability is Durability.BATCH and window_s > 0:
+                await self._gather(window_s)
             group, self._group = self._group, []
             waiters, self._waiters = self._waiters, []
             writes = [(s, *s.take_pending()) for s in self._segments_with_pending()]
@@ -224,6 +223,17 @@ class Committer:
                 if not future.done():
                     future.set_result(errors[start:end])
             self._seal_rolled()
+
+    async def _gather(self, window_s: float) -> None:
+        """Group commit's window: wait while writers keep arriving, up to `window_s`.
+        Once the group stops growing (every writer already waiting), commit at once:
+        waiting longer would only add latency."""
+        deadline = time.monotonic() + window_s
+        while len(self._group) < self.config.commit_records_max:
+            size = len(self._group)
+            await asyncio.sleep(0)  # let runnable writers append
+            if len(self._group) == size or time.monotonic() >= deadline:
+                return
 
     def _segments_with_pending(self) -> list[ActiveSegment]:
         segments = list(self._rolled)

@@ -1,4 +1,5 @@
-"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, CopyObject."""
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, CopyObject, and
+the read-only GetObjectAcl."""
 
 from __future__ import annotations
 
@@ -109,6 +110,13 @@ def _apply_overrides(call: Call, headers: CIMultiDict[str]) -> None:
         value = call.query.get(param)
         if value is not None:
             headers[header] = value
+
+
+async def get_object_acl(call: Call) -> web.StreamResponse:
+    """petrel keeps no ACLs: every object is its owner's (FULL_CONTROL), the same fixed
+    answer as GetBucketAcl. Raises NoSuchKey / NoSuchBucket."""
+    call.store.head_object(call.bucket, call.key)
+    return xml_response(xml.acl_xml(call.owner))
 
 
 async def head_object(call: Call) -> web.StreamResponse:

@@ -191,6 +191,14 @@ def test_s3api_object_operations(aws, bucket, tmp_path) -> None:  # type: ignore
     missing = aws("s3api", "head-object", "--bucket", bucket, "--key", "nope", check=False)
     assert missing.returncode != 0 and "404" in missing.stderr
 
+    # No ACLs in petrel: a fixed owner-only answer, and a PutObjectAcl refused (it once
+    # fell through to PutObject and replaced the object with the empty ACL body).
+    grants = api("get-object-acl", "--key", "a/one.bin")["Grants"]
+    assert [g["Permission"] for g in grants] == ["FULL_CONTROL"]
+    refused = aws("s3api", "put-object-acl", "--bucket", bucket, "--key", "a/one.bin",
+                  "--acl", "private", check=False)
+    assert refused.returncode != 0 and "NotImplemented" in refused.stderr
+
     got = tmp_path / "got.bin"
     api("get-object", "--key", "a/one.bin", str(got))
     assert got.read_bytes() == body.read_bytes()

@@ -150,3 +150,12 @@ def test_request_id_on_every_response(s3, bucket) -> None:  # type: ignore[no-un
         s3.get_object(Bucket=bucket, Key="missing")
     assert error.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
     assert error.value.response["Error"]["Message"]
+
+
+def test_version_ids(s3, bucket) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=bucket, Key="v", Body=b"1")
+    assert s3.get_object(Bucket=bucket, Key="v", VersionId="null")["Body"].read() == b"1"
+    with pytest.raises(ClientError) as error:
+        s3.delete_object(Bucket=bucket, Key="v", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert _code(error) == "InvalidArgument"
+    assert s3.get_object(Bucket=bucket, Key="v")["Body"].read() == b"1"
