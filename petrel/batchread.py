@@ -6,6 +6,7 @@ remote backend). Results come back in request order, missing keys included.
 from __future__ import annotations
 
 import asyncio
+import mmap
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from petrel import format as fmt
 from petrel import index as ix
 from petrel.errors import NoSuchKey, PetrelError
-from petrel.model import GetItem, GetResult, ObjectInfo
+from petrel.model import GetItem, GetResult, resolve_range
 
 if TYPE_CHECKING:
     from petrel.store import Store
@@ -66,13 +67,19 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
     keys: list[bytes] = []
     positions: list[int] = []
     full_keys: list[bytes] = []
+    buckets = store.applier.buckets
+    key_bytes_max = store.limits.key_bytes_max
     for position, item in enumerate(requested):
-        try:
-            row = store._bucket(item.bucket)
-            raw_key = store._key(item.key)
-        except PetrelError as exc:
-            results[position] = GetResult(item, None, None, exc)
-            continue
+        row = buckets.get(item.bucket)
+        raw_key = item.key.encode()
+        if row is None or not raw_key or len(raw_key) > key_bytes_max:
+            try:
+                store._bucket(item.bucket)
+                store._key(item.key)
+            except PetrelError as exc:
+                results[position] = GetResult(item, None, exc)
+                continue
+        assert row is not None
         keys.append(ix.object_key(row.bucket_id, raw_key))
         full_keys.append(item.bucket.encode() + b"/" + raw_key)
         positions.append(position)
@@ -83,65 +90,75 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
         item = requested[position]
         if value is None:
             error = NoSuchKey(resource=f"{item.bucket}/{item.key}")
-            results[position] = GetResult(item, None, None, error)
+            results[position] = GetResult(item, None, error)
             continue
         entry = fmt.decode_index_value(value)
         if entry.flags & fmt.FLAG_LARGE:
             large.append(position)
+            continue
+        mapped = store._mapped(entry.location.segment_id)
+        if mapped is not None:  # a sealed local segment: slice it, no read to plan
+            _finish(store, item, results, position, entry, full_key, mapped,
+                    entry.location.offset)
         else:
             wants.append(_Want(position, entry, full_key))
     runs = plan_runs(wants, store.config.read_merge_gap_bytes,
                      store.config.read_merge_bytes_max)
     remote: list[Run] = []
     for run in runs:
-        data = store._read_local(fmt.Location(run.segment_id, run.start,
-                                              run.end - run.start, 0))
-        if data is None:
+        local = store._read_local(fmt.Location(run.segment_id, run.start,
+                                               run.end - run.start, 0))
+        if local is None:
             remote.append(run)
         else:
-            _finish_run(store, requested, results, run, data)
+            _finish_run(store, requested, results, run, local[0], local[1])
     if remote:
-        loop = asyncio.get_running_loop()
-        datas = await asyncio.gather(*(
-            loop.run_in_executor(store.io_pool, store.backend.get_range,
-                                 fmt.segment_blob_name(run.segment_id), run.start,
-                                 run.end - run.start)
-            for run in remote), return_exceptions=True)
-        for run, fetched in zip(remote, datas, strict=True):
-            if isinstance(fetched, BaseException):
-                failure = fetched if isinstance(fetched, PetrelError) \
-                    else PetrelError(str(fetched))
-                for want in run.wants:
-                    item = requested[want.position]
-                    results[want.position] = GetResult(item, None, None, failure)
-            else:
-                _finish_run(store, requested, results, run, fetched)
+        await _read_remote(store, requested, results, remote)
     for position in large:
         item = requested[position]
         try:
             got = await store.get_object(item.bucket, item.key, item.byte_range)
-            results[position] = GetResult(item, got.info, got.body)
+            results[position] = GetResult(item, got.body, None, got._entry)
         except PetrelError as exc:
-            results[position] = GetResult(item, None, None, exc)
+            results[position] = GetResult(item, None, exc)
     return [r for r in results if r is not None]
 
 
-def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
-                run: Run, data: bytes) -> None:
-    from petrel.store import _resolve_range
+async def _read_remote(store: Store, requested: list[GetItem],
+                       results: list[GetResult | None], remote: list[Run]) -> None:
+    """One ranged GET per run, in parallel on the I/O pool."""
+    loop = asyncio.get_running_loop()
+    datas = await asyncio.gather(*(
+        loop.run_in_executor(store.io_pool, store.backend.get_range,
+                             fmt.segment_blob_name(run.segment_id), run.start,
+                             run.end - run.start)
+        for run in remote), return_exceptions=True)
+    for run, fetched in zip(remote, datas, strict=True):
+        if isinstance(fetched, BaseException):
+            failure = fetched if isinstance(fetched, PetrelError) \
+                else PetrelError(str(fetched))
+            for want in run.wants:
+                results[want.position] = GetResult(requested[want.position], None, failure)
+        else:
+            _finish_run(store, requested, results, run, fetched, 0)
 
+
+def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
+                run: Run, data: bytes | mmap.mmap, base: int) -> None:
+    """Verify and slice the run's records; `base` is where the run starts in `data`."""
     for want in run.wants:
-        item = requested[want.position]
-        entry = want.entry
-        try:
-            payload = store._check_payload(data, entry.location.offset - run.start,
-                                           entry.location, want.full_key)
-            start, length = _resolve_range(item.byte_range, entry.size)
-        except PetrelError as exc:
-            results[want.position] = GetResult(item, None, None, exc)
-            continue
-        body = payload
-        if start or length != entry.size:
+        _finish(store, requested[want.position], results, want.position, want.entry,
+                want.full_key, data, want.entry.location.offset - run.start + base)
+
+
+def _finish(store: Store, item: GetItem, results: list[GetResult | None], position: int,
+            entry: fmt.Entry, full_key: bytes, data: bytes | mmap.mmap, offset: int) -> None:
+    try:
+        body = store._check_payload(data, offset, entry.location, full_key)
+        if item.byte_range is not None:
+            start, length = resolve_range(item.byte_range, entry.size)
             body = body[start : start + length]
-        info = ObjectInfo.from_entry(item.bucket, item.key, entry)
-        results[want.position] = GetResult(item, info, body)
+    except PetrelError as exc:
+        results[position] = GetResult(item, None, exc)
+        return
+    results[position] = GetResult(item, body, None, entry)

@@ -311,6 +311,7 @@ class Compactor:
         store = self.store
         if store._closed:
             return  # reopening finds the dead row and finishes the deletion
+        store.forget_segment(victim)
         store._delete_blobs_later([fmt.segment_blob_name(victim)])
         store.applier.segments.pop(victim, None)
         store.kv.write([(ix.segment_key(victim), None)], sync=True)

@@ -20,6 +20,7 @@ on disk too, and shares the footer's entry layout.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -235,7 +236,8 @@ def decode_record(buf: bytes | memoryview, offset: int = 0) -> Record:
 _RECORD_PREFIX = struct.Struct("<HBBHHI")
 
 
-def verified_payload(buf: bytes, offset: int, location: Location, key: bytes) -> bytes:
+def verified_payload(buf: bytes | mmap.mmap, offset: int, location: Location, key: bytes
+                     ) -> bytes:
     """The payload of the record at `offset` in `buf`, which the index says is
     `location` and holds `key`: one header unpack, one hash, one copy (the read path).
 
@@ -258,7 +260,7 @@ def verified_payload(buf: bytes, offset: int, location: Location, key: bytes) ->
             _checksum(memoryview(buf)[offset : end - 8]) != checksum:
         raise CorruptRecord(f"record checksum mismatch at {offset}")
     key_start = offset + RECORD_HEADER_BYTES
-    if key_len != len(key) or not buf.startswith(key, key_start):
+    if key_len != len(key) or buf[key_start : key_start + key_len] != key:
         raise CorruptRecord(f"record at {offset} holds another key")
     return buf[key_start + key_len + meta_len : end - 8]
 

@@ -7,9 +7,11 @@ sealed and uploaded; after that the backend holds it under `format.segment_blob_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -99,6 +101,50 @@ class ActiveSegment:
         if not self.closed:
             self.closed = True
             os.close(self.fd)
+
+
+class SegmentMaps:
+    """Read-only memory maps of sealed segments that live as local files (the local
+    backend), at most `limit` at a time, least recently used unmapped first.
+
+    A sealed segment never changes, so a record is read by slicing the map: no syscall,
+    one copy of the payload. Only the event-loop thread uses this (not thread-safe).
+    """
+
+    def __init__(self, path_of: Callable[[str], str], limit: int) -> None:
+        self._path_of = path_of
+        self._limit = limit
+        self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
+
+    def get(self, segment_id: int) -> mmap.mmap:
+        mapped = self._maps.get(segment_id)
+        if mapped is not None:
+            self._maps.move_to_end(segment_id)
+            return mapped
+        path = self._path_of(fmt.segment_blob_name(segment_id))
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped.madvise(mmap.MADV_RANDOM)  # small random reads: no readahead
+        self._maps[segment_id] = mapped
+        while len(self._maps) > self._limit:
+            _, oldest = self._maps.popitem(last=False)
+            _close_map(oldest)
+        return mapped
+
+    def forget(self, segment_id: int) -> None:
+        mapped = self._maps.pop(segment_id, None)
+        if mapped is not None:
+            _close_map(mapped)
+
+    def close(self) -> None:
+        while self._maps:
+            _close_map(self._maps.popitem()[1])
+
+
+def _close_map(mapped: mmap.mmap) -> None:
+    # A view still exported: the map then closes when the last view is dropped.
+    with contextlib.suppress(BufferError):
+        mapped.close()
 
 
 @dataclass(slots=True)

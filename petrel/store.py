@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import re
 import uuid
@@ -41,7 +42,6 @@ from petrel.errors import (
     EntityTooLarge,
     InvalidArgument,
     InvalidBucketName,
-    InvalidRange,
     KeyTooLongError,
     MetadataTooLarge,
     NoSuchBucket,
@@ -59,9 +59,11 @@ from petrel.model import (
     ObjectInfo,
     PutItem,
     StoreStats,
+    resolve_range,
 )
 from petrel.multipart import Multipart, Part, Upload
 from petrel.recovery import OpenState, open_state, segment_dir
+from petrel.segments import SegmentMaps
 from petrel.settings import StoreConfig
 
 log = logging.getLogger("petrel.store")
@@ -123,7 +125,9 @@ class Store:
         self.open_report = state
         self.corruptions_detected = 0
         self._pending_keys: dict[bytes, int] = {}
-        self._blob_names: dict[int, str] = {}
+        self._maps: SegmentMaps | None = None
+        if isinstance(backend, LocalBackend):
+            self._maps = SegmentMaps(backend.path_of, config.open_files_max)
         self._background: set[asyncio.Future[None]] = set()
         self.compactor: object | None = None
         self._multipart: Multipart | None = None
@@ -167,6 +171,8 @@ class Store:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self.io_pool.shutdown(wait=True)  # before the backend closes files under it
+        if self._maps is not None:
+            self._maps.close()
         self.kv.close()
         self.backend.close()
 
@@ -212,11 +218,11 @@ class Store:
         if not located.entry.flags & fmt.FLAG_LARGE:
             raise InvalidArgument(f"{bucket}/{key} is packed, not a large object")
         location = located.entry.location
-        data = self._read_local(location)
-        if data is None:
-            data = self.backend.get_range(fmt.segment_blob_name(location.segment_id),
-                                          location.offset, location.length)
-        payload = fmt.verified_payload(data, 0, location, located.full_key)
+        local = self._read_local(location)
+        data, offset = local if local is not None else (
+            self.backend.get_range(fmt.segment_blob_name(location.segment_id),
+                                   location.offset, location.length), 0)
+        payload = fmt.verified_payload(data, offset, location, located.full_key)
         return fmt.decode_large_ref(payload).blob
 
     def _delete_blob(self, name: str) -> None:
@@ -517,8 +523,13 @@ class Store:
 
     # ----- objects: reads ----------------------------------------------------------
     def _entry(self, bucket: str, key: str) -> tuple[fmt.Entry, bytes]:
-        row = self._bucket(bucket)
-        raw_key = self._key(key)
+        """(index entry, key bytes); raises NoSuchBucket, NoSuchKey (the read hot path)."""
+        row = self.applier.buckets.get(bucket)
+        if row is None:
+            raise NoSuchBucket(resource=bucket)
+        raw_key = key.encode()
+        if not raw_key or len(raw_key) > self.limits.key_bytes_max:
+            self._key(key)  # raises the right error
         value = self.kv.get(ix.object_key(row.bucket_id, raw_key))
         if value is None:
             raise NoSuchKey(resource=f"{bucket}/{key}")
@@ -533,8 +544,8 @@ class Store:
         """The object's bytes (or a range of them). Raises NoSuchKey, NoSuchBucket,
         InvalidRange, or CorruptionError if the stored bytes fail their checksum."""
         entry, raw_key = self._entry(bucket, key)
-        info = ObjectInfo.from_entry(bucket, key, entry)
-        start, length = _resolve_range(byte_range, entry.size)
+        start, length = (0, entry.size) if byte_range is None else \
+            resolve_range(byte_range, entry.size)
         payload = await self._read_payload(entry, bucket.encode() + b"/" + raw_key)
         if entry.flags & fmt.FLAG_LARGE:
             body = await self._read_large(payload, start, length)
@@ -542,7 +553,7 @@ class Store:
             body = payload
         else:
             body = payload[start : start + length]
-        return ObjectData(info, body, start)
+        return ObjectData(body, start, bucket, key, entry)
 
     def locate_object(self, bucket: str, key: str) -> Located:
         """Look an object up in the index (no segment read). Raises NoSuchBucket,
@@ -556,7 +567,7 @@ class Store:
         """Read what `locate_object` found: packed objects in one verified read, large
         ones streamed from the backend in `chunk_bytes` pieces."""
         entry = located.entry
-        start, length = _resolve_range(byte_range, entry.size)
+        start, length = resolve_range(byte_range, entry.size)
         payload = await self._read_payload(entry, located.full_key)
         if not entry.flags & fmt.FLAG_LARGE:
             body = payload if start == 0 and length == entry.size else \
@@ -575,30 +586,44 @@ class Store:
     async def _read_payload(self, entry: fmt.Entry, full_key: bytes) -> bytes:
         """The verified payload of the record `entry` points at."""
         location = entry.location
-        data = self._read_local(location)
-        if data is None:
-            loop = asyncio.get_running_loop()
-            data = await loop.run_in_executor(
-                self.io_pool, self.backend.get_range,
-                fmt.segment_blob_name(location.segment_id), location.offset, location.length)
+        local = self._read_local(location)
+        if local is not None:
+            return self._check_payload(local[0], local[1], location, full_key)
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(
+            self.io_pool, self.backend.get_range,
+            fmt.segment_blob_name(location.segment_id), location.offset, location.length)
         return self._check_payload(data, 0, location, full_key)
 
-    def _read_local(self, location: fmt.Location) -> bytes | None:
-        """The bytes at `location` if they can be read without leaving the event loop."""
+    def _read_local(self, location: fmt.Location) -> tuple[bytes | mmap.mmap, int] | None:
+        """(buffer, offset of `location` in it) when the bytes can be read without
+        leaving the event loop: a pread of a local unsealed segment, or a slice of a
+        mapped sealed one. None when they must come from a remote backend."""
         segment = self.committer.local.get(location.segment_id)
         if segment is not None:
-            return segment.read(location.offset, location.length)
-        if self.backend.reads_are_local:
-            name = self._blob_names.get(location.segment_id)
-            if name is None:
-                name = self._blob_names[location.segment_id] = fmt.segment_blob_name(
-                    location.segment_id)
-                if len(self._blob_names) > 4 * self.config.open_files_max:
-                    self._blob_names.clear()
-            return self.backend.get_range(name, location.offset, location.length)
+            return segment.read(location.offset, location.length), 0
+        if self._maps is not None:
+            try:
+                return self._maps.get(location.segment_id), location.offset
+            except FileNotFoundError:
+                return None  # deleted meanwhile: the backend answers BlobNotFound
         return None
 
-    def _check_payload(self, data: bytes, offset: int, location: fmt.Location,
+    def _mapped(self, segment_id: int) -> mmap.mmap | None:
+        """The map of a sealed local segment, or None (unsealed, or remote)."""
+        if self._maps is None or segment_id in self.committer.local:
+            return None
+        try:
+            return self._maps.get(segment_id)
+        except FileNotFoundError:
+            return None
+
+    def forget_segment(self, segment_id: int) -> None:
+        """A segment is being deleted: drop its map."""
+        if self._maps is not None:
+            self._maps.forget(segment_id)
+
+    def _check_payload(self, data: bytes | mmap.mmap, offset: int, location: fmt.Location,
                        full_key: bytes) -> bytes:
         try:
             return fmt.verified_payload(data, offset, location, full_key)
@@ -735,19 +760,6 @@ class Store:
     async def flush(self) -> None:
         """Wait until every write submitted so far is committed (tests, shutdown)."""
         await self.committer.submit([])
-
-
-def _resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
-    if byte_range is None:
-        return 0, size
-    start = byte_range.start
-    if start < 0 or (start >= size and not (size == 0 and start == 0)):
-        raise InvalidRange(f"range start {start} beyond object size {size}")
-    length = size - start if byte_range.length is None else min(byte_range.length,
-                                                                 size - start)
-    if length < 0:
-        raise InvalidRange("negative range length")
-    return start, length
 
 
 def _etag_parts(etag: str) -> tuple[bytes, int]:

