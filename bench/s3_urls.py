@@ -84,8 +84,8 @@ class Presigner:
 
 
 def boto3_client(endpoint: str, creds: Credentials) -> Any:
-    import boto3
-    from botocore.config import Config
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
 
     config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
                     max_pool_connections=UPLOAD_THREADS * 2,
@@ -127,18 +127,23 @@ def payload_pool(size_bytes: int, seed: int) -> list[bytes]:
 
 def create_bucket(client: Any, bucket: str) -> None:
     """Create `bucket`, retrying while a just-started server is not ready (bounded)."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
     deadline = time.monotonic() + 60
     while True:
         try:
             client.create_bucket(Bucket=bucket)
             return
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then raised
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("BucketAlreadyOwnedByYou",
+                                                 "BucketAlreadyExists"):
                 return
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+        except BotoCoreError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def upload(client: Any, bucket: str, size_bytes: int, count: int) -> float:

@@ -153,6 +153,14 @@ class Record:
     md5: bytes
     checksum: int
     length: int  # bytes the record occupies in its segment
+    payload_length: int = -1  # the payload's length (`payload` may be left out)
+
+    @property
+    def object_size(self) -> int:
+        """The object's size: the payload's length, or a large object's size."""
+        if self.flags & FLAG_LARGE:
+            return decode_large_ref(self.payload).size
+        return self.payload_length if self.payload_length >= 0 else len(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +198,11 @@ def encode_record(
                          length, checksum)
 
 
-def decode_record(buf: bytes | memoryview, offset: int = 0) -> Record:
-    """Decode the record at `offset` of `buf`, verifying both its checksums.
+def decode_record(buf: bytes | memoryview, offset: int = 0, *, payload: bool = True
+                  ) -> Record:
+    """Decode the record at `offset` of `buf`, verifying both its checksums. With
+    `payload=False` the payload is checked but not copied out (scans that only need
+    the summary), except a large-object reference, which is small.
 
     Raises, in the order checked:
     TruncatedRecord if `buf` ends inside the header, CorruptRecord if the header does
@@ -227,9 +238,10 @@ def decode_record(buf: bytes | memoryview, offset: int = 0) -> Record:
         flags=flags,
         key=bytes(view[start_key:start_meta]),
         meta=bytes(view[start_meta:start_payload]),
-        payload=bytes(view[start_payload : end - 8]),
+        payload=bytes(view[start_payload : end - 8])
+        if payload or flags & FLAG_LARGE else b"",
         seq=seq, mtime_ms=mtime_ms, parts=parts, md5=md5,
-        checksum=checksum, length=length,
+        checksum=checksum, length=length, payload_length=payload_len,
     )
 
 

