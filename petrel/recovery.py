@@ -55,6 +55,7 @@ class OpenState:
     cut_bytes: int = 0
     rebuilt: bool = False
     dead_blobs: list[str] = field(default_factory=list)
+    orphan_records: list[tuple[bytes, fmt.Location]] = field(default_factory=list)
 
 
 def index_dir(data_dir: str) -> str:
@@ -65,10 +66,16 @@ def segment_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "segments")
 
 
-def _apply_chunks(applier: Applier, kv: ix.RocksKV, entries: list[fmt.FooterEntry]) -> None:
+def _apply_chunks(applier: Applier, kv: ix.RocksKV, entries: list[fmt.FooterEntry]
+                  ) -> list[tuple[bytes, fmt.Location]]:
+    """Apply in bounded batches; returns the large objects' pointer records that lost
+    their last reference (their blobs can go)."""
+    orphans: list[tuple[bytes, fmt.Location]] = []
     for start in range(0, len(entries), _APPLY_CHUNK):
         applied = applier.apply(entries[start : start + _APPLY_CHUNK])
         kv.write(applied.ops)
+        orphans.extend(applied.orphan_records)
+    return orphans
 
 
 def open_state(config: StoreConfig, backend: Backend) -> OpenState:
@@ -148,7 +155,7 @@ def _replay(state: OpenState, path: str, row: fmt.SegmentRow) -> bool:
     applier.segments[row.segment_id] = replace(row, state=fmt.SEGMENT_ACTIVE,
                                                indexed_bytes=max(result.valid_end,
                                                                  row.indexed_bytes))
-    _apply_chunks(applier, state.kv, entries)
+    state.orphan_records += _apply_chunks(applier, state.kv, entries)
     state.replayed_records += len(entries)
     end = size
     if not sealed and result.valid_end < size:

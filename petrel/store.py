@@ -151,6 +151,8 @@ class Store:
         store = cls(config, backend, state, io_pool)
         if state.dead_blobs:
             store._delete_blobs_later(state.dead_blobs)
+        if state.orphan_records:  # large objects overwritten in the replayed tail
+            store._delete_orphans_later(state.orphan_records)
         store.committer.start()
         if config.compaction_enabled:
             from petrel.compaction import Compactor
