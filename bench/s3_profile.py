@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from bench import s3_servers as servers
 from bench import s3_urls as urls
 from bench.machine import describe
-from bench.s3 import CREDS, parse_size, size_text
-from bench.s3_load import LoadSpec, WrkResult, command_for, run_wrk
+from bench.s3 import CREDS, PUT_RATE_CAP_PER_S, parse_size, size_text
+from bench.s3_load import LoadSpec, WrkResult, command_for, parse_output, run_wrk
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
@@ -139,10 +140,9 @@ class Sampled:
 
 def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: bool,
                  folded_path: str) -> Sampled:
-    """wrk for seconds + 2 * LEAD_S with py-spy attached for the middle `seconds`; the
-    gateway's CPU time is read around the whole wrk run."""
-    wrk_spec = LoadSpec(spec.mode, spec.threads, spec.connections, seconds + 2 * LEAD_S,
-                        spec.get_file, spec.put_file, spec.body_bytes, spec.put_every)
+    """wrk (`spec`, which should last seconds + 2 * LEAD_S) with py-spy attached for the
+    middle `seconds`; the gateway's CPU time is read around the whole wrk run."""
+    wrk_spec = spec
     command = [py_spy(), "record", "--nonblocking", "-r", str(SAMPLE_RATE_HZ), "-d",
                str(seconds), "-p", str(server.pid), "-f", "raw", "-o", folded_path]
     if native:
@@ -159,9 +159,7 @@ def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: b
             wrk.kill()
             wrk.wait()
     cpu = cpu_seconds(server.pid) - cpu_before
-    from bench.s3_load import _parse
-
-    result = _parse(raw, " ".join(wrk.args))  # type: ignore[arg-type]
+    result = parse_output(raw, shlex.join(command_for(server.endpoint, wrk_spec)))
     with open(folded_path, encoding="utf-8", errors="replace") as handle:
         profile = parse_folded(handle)
     return Sampled(profile, result, cpu, " ".join(command))
@@ -249,17 +247,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls.create_bucket(client, urls.BUCKET)
         urls.upload(client, urls.BUCKET, args.size_bytes, args.count)
         presigner = urls.Presigner.create(f"{servers.HOST}:{server.port}", CREDS)
-        get_file, put_file = os.path.join(work, "get.txt"), os.path.join(work, "put.txt")
+        get_file = os.path.join(work, "get.txt")
         urls.write_paths(get_file, presigner, "GET", urls.BUCKET,
                          (urls.get_key(args.size_bytes, i) for i in range(args.count)))
-        put_count = 10_000 * (args.seconds + 2 * LEAD_S) * 2
-        urls.write_paths(put_file, presigner, "PUT", urls.BUCKET,
-                         (urls.put_key("profile", i) for i in range(put_count)))
-        spec = LoadSpec(args.op, args.threads, args.connections, args.seconds,
-                        get_file=get_file, put_file=put_file, body_bytes=args.size_bytes)
-        baseline = run_wrk(server.endpoint, spec)
+
+        def spec(run: str, seconds: int) -> LoadSpec:
+            if args.op == "get":
+                return LoadSpec("get", args.threads, args.connections, seconds,
+                                get_file=get_file)
+            put_file = os.path.join(work, f"{run}.put")
+            urls.write_paths(put_file, presigner, "PUT", urls.BUCKET,
+                             (urls.put_key(run, i) for i in range(PUT_RATE_CAP_PER_S * seconds)))
+            return LoadSpec("put", args.threads, args.connections, seconds,
+                            put_file=put_file, body_bytes=args.size_bytes)
+
+        baseline = run_wrk(server.endpoint, spec("baseline", args.seconds))
         folded = os.path.join(work, "profile.folded")
-        sampled = profiled_run(server, spec, args.seconds, args.native, folded)
+        sampled = profiled_run(server, spec("profiled", args.seconds + 2 * LEAD_S),
+                               args.seconds, args.native, folded)
         stem = os.path.join(args.out, f"s3-profile-{args.op}-{datetime.date.today()}")
         os.makedirs(args.out, exist_ok=True)
         machine_line = (f"{machine.cpu_model}, {machine.cpus_usable} cores, petrel "
