@@ -10,11 +10,12 @@ when it stops.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -47,10 +48,20 @@ class Inflight:
     draining: bool = False
 
 
+@dataclass(slots=True)
+class RequestIds:
+    """Request ids: a random per-process prefix and a counter (uuid4 per request cost
+    ~8 us, more than the rest of a 1 KiB GET's routing)."""
+
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:8].upper())
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+
 STORE = web.AppKey("petrel.store", Store)
 SETTINGS = web.AppKey("petrel.settings", GatewaySettings)
 METRICS = web.AppKey("petrel.metrics", Metrics)
 INFLIGHT = web.AppKey("petrel.inflight", Inflight)
+REQUEST_IDS = web.AppKey("petrel.request_ids", RequestIds)
 
 
 def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Application:
@@ -65,6 +76,7 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
     )
     app[SETTINGS] = settings
     app[INFLIGHT] = Inflight()
+    app[REQUEST_IDS] = RequestIds()
     app[VERIFIER] = make_verifier(settings)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,7 +99,8 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
 # ----- middlewares -----------------------------------------------------------------
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[REQUEST_ID] = uuid.uuid4().hex[:16].upper()
+    ids = request.app[REQUEST_IDS]
+    request[REQUEST_ID] = f"{ids.prefix}{next(ids.counter):08X}"
     return await handler(request)
 
 

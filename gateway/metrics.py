@@ -47,11 +47,21 @@ class Metrics:
         self.bytes_out = Counter("petrel_bytes_sent", "Response body bytes sent.",
                                  registry=self.registry)
         self.registry.register(_StoreCollector(stats))
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
 
     def observe(self, operation: str, status: int, seconds: float, bytes_in: int,
                 bytes_out: int) -> None:
-        self.requests.labels(operation, str(status)).inc()
-        self.latency.labels(operation).observe(seconds)
+        # Label lookups cost microseconds each; the children are cached per label set.
+        counter = self._counters.get((operation, status))
+        if counter is None:
+            counter = self._counters[(operation, status)] = self.requests.labels(
+                operation, str(status))
+        histogram = self._histograms.get(operation)
+        if histogram is None:
+            histogram = self._histograms[operation] = self.latency.labels(operation)
+        counter.inc()
+        histogram.observe(seconds)
         if bytes_in:
             self.bytes_in.inc(bytes_in)
         if bytes_out:
