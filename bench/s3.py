@@ -33,8 +33,8 @@ from bench import s3_report
 from bench import s3_servers as servers
 from bench import s3_urls as urls
 from bench.machine import Machine, describe, load_average
-from bench.s3_load import LoadSpec, RssSampler, WrkResult, run_wrk
-from bench.s3_servers import Credentials, Server
+from bench.s3_load import LoadSpec, RssSample, RssSampler, WrkResult, run_wrk
+from bench.s3_servers import Credentials, Memory, Server
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 CREDS = Credentials("benchaccesskey", "benchsecretkey0123456789abcdef")
@@ -43,7 +43,6 @@ FSYNC_BUCKET = "bench-fsync"
 # wraps around to overwrites, and the report says so).
 PUT_RATE_CAP_PER_S = 10_000
 SOAK_SIZE_BYTES = 10 * 1024
-SOAK_PUT_EVERY = 5  # soak: 1 request in 5 is a PUT
 RSS_INTERVAL_S = 5.0
 GENERATOR_CHECK_SIZE_BYTES = 10 * 1024  # also measured with the other -t value
 
@@ -51,13 +50,14 @@ GENERATOR_CHECK_SIZE_BYTES = 10 * 1024  # also measured with the other -t value
 @dataclass(frozen=True, slots=True)
 class Defaults:
     duration_s: int
+    warmup_s: int
     count: int
     soak_s: int
     soak_segment_s: int
 
 
-FULL = Defaults(duration_s=10, count=10_000, soak_s=600, soak_segment_s=60)
-QUICK = Defaults(duration_s=5, count=2_000, soak_s=60, soak_segment_s=10)
+FULL = Defaults(duration_s=10, warmup_s=3, count=10_000, soak_s=600, soak_segment_s=60)
+QUICK = Defaults(duration_s=5, warmup_s=2, count=2_000, soak_s=60, soak_segment_s=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class Measurement:
     threads: int
     connections: int
     server_rss_bytes: int
+    disk_read_bytes: int  # from the data disk during the run (page-cache misses)
     result: WrkResult
 
 
@@ -76,6 +77,8 @@ class Measurement:
 class SoakSegment:
     index: int
     result: WrkResult
+    objects: int | None  # petrel_objects from /metrics after the segment
+    memory: Memory  # the gateway's, after the segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ class Soak:
     size_bytes: int
     put_every: int
     segments: list[SoakSegment]
-    rss: list[tuple[float, int]]  # (seconds since start, VmRSS bytes)
+    rss: list[RssSample]
 
 
 @dataclass(slots=True)
@@ -110,24 +113,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5 s runs, 2k objects, 60 s soak")
     parser.add_argument("--duration", type=int, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int,
+                        help="untimed GET seconds before a server's first GET run of a size")
     parser.add_argument("--sizes", nargs="+", default=["1k", "10k", "100k"])
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1,
                         help="wrk threads for the main runs (2 cores: wrk and server share)")
     parser.add_argument("--count", type=int, help="objects uploaded per size for GETs")
     parser.add_argument("--soak-seconds", type=int, help="mixed GET/PUT soak (0: none)")
+    parser.add_argument("--soak-put-every", type=int, default=5,
+                        help="soak: every Nth request is a PUT to a new key (1: PUTs only)")
+    parser.add_argument("--soak-only", action="store_true",
+                        help="skip the size matrix and SeaweedFS: petrel soak only")
     parser.add_argument("--data-dir", help="scratch (default: a new dir under /tmp)")
     parser.add_argument("--out", default=os.path.join(_HERE, "results"))
     parser.add_argument("--keep-data", action="store_true")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     args.duration = args.duration or defaults.duration_s
+    args.warmup = defaults.warmup_s if args.warmup is None else args.warmup
     args.count = args.count or defaults.count
     args.soak_seconds = defaults.soak_s if args.soak_seconds is None else args.soak_seconds
     args.soak_segment_s = min(defaults.soak_segment_s, args.soak_seconds or 1)
     args.size_list = [parse_size(s) for s in args.sizes]
-    if args.duration <= 0 or args.count <= 0 or args.connections <= 0:
-        parser.error("--duration, --count and --connections must be positive")
+    if min(args.duration, args.count, args.connections, args.soak_put_every) <= 0:
+        parser.error("--duration, --count, --connections, --soak-put-every must be positive")
     return args
 
 
@@ -158,6 +168,7 @@ class Bench:
         for path in (self.url_dir, self.log_dir):
             os.makedirs(path, exist_ok=True)
         self.put_runs = 0
+        self.warmed: set[tuple[str, int, int]] = set()
 
     # ----- URL files -------------------------------------------------------------
     def presigner(self, server: Server) -> urls.Presigner:
@@ -189,21 +200,45 @@ class Bench:
         if op == "GET":
             spec = LoadSpec("get", threads, args.connections, args.duration,
                             get_file=self.get_file(server, bucket, size))
+            self.warm_up(server, size, spec)
         else:
             put_file = self.put_file(server, bucket, self.put_count(args.duration))
             spec = LoadSpec("put", threads, args.connections, args.duration,
                             put_file=put_file, body_bytes=size)
+        device = self.run.machine.mount.device if self.run.machine else ""
+        disk_before = servers.disk_read_bytes(device)
         result = run_wrk(server.endpoint, spec)
+        disk_read = servers.disk_read_bytes(device) - disk_before
         if op == "PUT":
             os.unlink(spec.put_file)
         measurement = Measurement(size, target, server.durability, op, threads,
-                                  args.connections, servers.rss_bytes(server.pid), result)
+                                  args.connections, servers.rss_bytes(server.pid), disk_read,
+                                  result)
         self.run.measurements.append(measurement)
         log(f"{size_text(size):>7} {target:<16} {op} t{threads}: "
             f"{result.ops_per_s:9,.0f}/s  p50 {result.latency_ms_p50:6.2f} ms  "
-            f"p99 {result.latency_ms_p99:7.2f} ms  errors {result.errors}"
+            f"p99 {result.latency_ms_p99:7.2f} ms  errors {result.errors}  disk read "
+            f"{disk_read / 1e6:.0f} MB"
             + (f"  wraps {result.wraps}" if result.wraps else ""))
         return measurement
+
+    def warm_up(self, server: Server, size: int, spec: LoadSpec) -> None:
+        """Every server alike, before each GET run: its data dir read once (this VM's
+        DAMON proactively pages out page cache unused for ~60 s, so data written minutes
+        ago is on disk again; see the report), then, before its first GET run of a size,
+        `--warmup` untimed seconds of the same load (index blocks, segment maps,
+        allocator)."""
+        if server.data_dir:
+            read, seconds = servers.prewarm(server.data_dir)
+            self.run.setup_s[f"prewarm {server.name} {size_text(size)} "
+                             f"({read / 1e6:.0f} MB)"] = seconds
+        slot = (server.name, server.port, size)
+        if self.args.warmup <= 0 or slot in self.warmed:
+            return
+        self.warmed.add(slot)
+        warm = LoadSpec(spec.mode, spec.threads, spec.connections, self.args.warmup,
+                        get_file=spec.get_file)
+        run_wrk(server.endpoint, warm)
 
     def remember(self, server: Server) -> None:
         self.run.servers[server.name] = {"command": shlex.join(server.command),
@@ -280,36 +315,53 @@ def measure_size(bench: Bench, weed: Server, size: int) -> None:
         if check:
             bench.measure(weed, "seaweedfs", urls.BUCKET, size, op, other)
     fsync = Server("seaweedfs-fsync", weed.port, weed.process, weed.log_path,
-                   "fsync per write (fs.configure -fsync)", weed.command)
+                   "fsync per write (fs.configure -fsync)", weed.command,
+                   data_dir=weed.data_dir)
     bench.measure(fsync, "seaweedfs-fsync", FSYNC_BUCKET, size, "PUT", threads)
 
 
 def soak(bench: Bench) -> Soak:
     """Mixed GET/PUT on petrel (batch), in segments so throughput over time shows too;
-    VmRSS sampled every RSS_INTERVAL_S for the whole soak."""
+    memory sampled every RSS_INTERVAL_S for the whole soak."""
     args = bench.args
+    put_every = args.soak_put_every
     server = bench.petrel("batch")
     segments: list[SoakSegment] = []
     try:
         get_file = bench.get_file(server, urls.BUCKET, SOAK_SIZE_BYTES)
-        count = bench.put_count(args.soak_segment_s, 1 / SOAK_PUT_EVERY)
+        count = bench.put_count(args.soak_segment_s, 1 / put_every)
         with RssSampler(server.pid, RSS_INTERVAL_S) as sampler:
             deadline = time.monotonic() + args.soak_seconds
             while time.monotonic() + args.soak_segment_s / 2 < deadline:
                 put_file = bench.put_file(server, urls.BUCKET, count)
-                spec = LoadSpec("mixed", args.threads, args.connections, args.soak_segment_s,
+                mode = "put" if put_every == 1 else "mixed"
+                spec = LoadSpec(mode, args.threads, args.connections, args.soak_segment_s,
                                 get_file=get_file, put_file=put_file,
-                                body_bytes=SOAK_SIZE_BYTES, put_every=SOAK_PUT_EVERY)
+                                body_bytes=SOAK_SIZE_BYTES, put_every=put_every)
                 result = run_wrk(server.endpoint, spec)
                 os.unlink(put_file)
-                segments.append(SoakSegment(len(segments), result))
+                segment = SoakSegment(len(segments), result, servers.petrel_objects(server),
+                                      servers.memory(server.pid))
+                segments.append(segment)
                 log(f"soak {len(segments)}: {result.ops_per_s:,.0f}/s p99 "
                     f"{result.latency_ms_p99:.2f} ms errors {result.errors} RSS "
-                    f"{servers.rss_bytes(server.pid) / 2**20:.1f} MiB")
-        samples = [(s.t_s, s.rss_bytes) for s in sampler.samples]
+                    f"{segment.memory.rss_bytes / 2**20:.1f} MiB (anon "
+                    f"{segment.memory.anon_bytes / 2**20:.1f}) objects {segment.objects}")
     finally:
         servers.stop(server)
-    return Soak(args.soak_seconds, SOAK_SIZE_BYTES, SOAK_PUT_EVERY, segments, samples)
+    return Soak(args.soak_seconds, SOAK_SIZE_BYTES, put_every, segments, sampler.samples)
+
+
+def setup_soak_only(bench: Bench) -> None:
+    """--soak-only: the soak's GET objects on petrel, nothing else."""
+    petrel = bench.petrel("batch")
+    try:
+        client = urls.boto3_client(petrel.endpoint, CREDS)
+        urls.create_bucket(client, urls.BUCKET)
+        seconds = urls.upload(client, urls.BUCKET, SOAK_SIZE_BYTES, bench.args.count)
+        bench.run.setup_s[f"{petrel.name} upload {size_text(SOAK_SIZE_BYTES)}"] = seconds
+    finally:
+        servers.stop(petrel)
 
 
 def versions() -> dict[str, str]:
@@ -327,6 +379,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+def matrix(bench: Bench) -> None:
+    """Every size x target x op, SeaweedFS running throughout."""
+    weed = servers.start_seaweedfs("seaweedfs", bench.weed_dir, CREDS, bench.log_dir)
+    bench.remember(weed)
+    try:
+        setup_data(bench, weed)
+        for size in bench.args.size_list:
+            measure_size(bench, weed, size)
+    finally:
+        servers.stop(weed)
+
+
 def execute(args: argparse.Namespace, argv: list[str]) -> Run:
     settings = {k: v for k, v in vars(args).items() if k != "size_list"}
     run = Run(argv=argv, settings=settings, started=datetime.datetime.now().isoformat(
@@ -336,14 +400,10 @@ def execute(args: argparse.Namespace, argv: list[str]) -> Run:
     run.versions = versions()
     bench = Bench(args, run, work)
     started = time.monotonic()
-    weed = servers.start_seaweedfs("seaweedfs", bench.weed_dir, CREDS, bench.log_dir)
-    bench.remember(weed)
-    try:
-        setup_data(bench, weed)
-        for size in args.size_list:
-            measure_size(bench, weed, size)
-    finally:
-        servers.stop(weed)
+    if args.soak_only:
+        setup_soak_only(bench)
+    else:
+        matrix(bench)
     if args.soak_seconds > 0:
         run.soak = soak(bench)
     run.wall_s = time.monotonic() - started
@@ -358,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run = execute(args, argv)
     os.makedirs(args.out, exist_ok=True)
-    stem = f"s3-{datetime.date.today().isoformat()}" + ("-quick" if args.quick else "")
+    suffix = ("-soak" if args.soak_only else "") + ("-quick" if args.quick else "")
+    stem = f"s3-{datetime.date.today().isoformat()}{suffix}"
     base = os.path.join(args.out, stem)
     with open(base + ".md", "w", encoding="utf-8") as handle:
         handle.write(s3_report.markdown(run))

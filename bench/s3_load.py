@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.s3_servers import rss_bytes
+from bench.s3_servers import memory
 
 WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "s3_wrk.lua")
 # wrk waits this long for a response before counting a timeout (its default is 2 s,
@@ -122,6 +122,8 @@ def run_wrk(endpoint: str, spec: LoadSpec) -> WrkResult:
 class RssSample:
     t_s: float
     rss_bytes: int
+    anon_bytes: int
+    file_bytes: int
 
 
 class RssSampler:
@@ -137,10 +139,14 @@ class RssSampler:
 
     def _run(self) -> None:
         while True:
-            self.samples.append(RssSample(time.monotonic() - self._started,
-                                          rss_bytes(self.pid)))
+            self._sample()
             if self._stop.wait(self.interval_s):
                 return
+
+    def _sample(self) -> None:
+        now = memory(self.pid)
+        self.samples.append(RssSample(time.monotonic() - self._started, now.rss_bytes,
+                                      now.anon_bytes, now.file_bytes))
 
     def __enter__(self) -> RssSampler:
         self._started = time.monotonic()
@@ -150,4 +156,4 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.interval_s + 5)
-        self.samples.append(RssSample(time.monotonic() - self._started, rss_bytes(self.pid)))
+        self._sample()

@@ -6,7 +6,7 @@ of the `petrel serve` process while wrk drives presigned GETs (or PUTs) at it.
 
 Steps: start petrel (durability batch) on a scratch dir, upload `--count` objects with
 boto3 (untimed), run wrk once without the profiler (the baseline rate), then again with
-`py-spy record --nonblocking -f raw` attached for `--seconds`. The gateway's CPU time
+`py-spy record -f raw` attached for `--seconds`. The gateway's CPU time
 (/proc/PID/stat) over the profiled run divided by the requests served gives CPU us per
 request; py-spy's share of samples per frame turns that into us per request per frame.
 Samples of an idle event loop (waiting in epoll) are not taken, so shares are of busy
@@ -37,24 +37,34 @@ from bench.s3_load import LoadSpec, WrkResult, command_for, parse_output, run_wr
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
-SAMPLE_RATE_HZ = 250
+SAMPLE_RATE_HZ = 200
 # wrk starts this long before py-spy attaches and runs this long after it detaches, so
 # every sample falls inside steady load.
 LEAD_S = 3
 TOP_FRAMES = 30
+MAIN_THREAD = "MainThread"  # the event loop: every request's Python code runs here
 TOP_STACKS = 15
-CATEGORIES = (  # first match wins: (name, substring of the frame's file)
-    ("petrel gateway", "petrel_gateway/"), ("petrel gateway", "/gateway/"),
-    ("petrel engine", "/petrel/"), ("aiohttp", "aiohttp/"), ("multidict/yarl", "multidict/"),
-    ("multidict/yarl", "yarl/"), ("asyncio", "asyncio/"), ("rocksdict", "rocksdict"),
-    ("hmac/hashlib", "hmac.py"), ("hmac/hashlib", "hashlib.py"),
-    ("urllib", "urllib/"), ("logging", "logging/"), ("uuid", "uuid.py"),
+CATEGORIES = (  # first match wins: (name, substring of the leaf frame)
+    ("event loop (uvloop C code, charged to run_until_complete)", "serve (petrel/cli/serve.py"),
+    ("petrel gateway (gateway/)", "(gateway/"), ("petrel engine (petrel/)", "(petrel/"),
+    ("aiohttp", "(aiohttp/"), ("multidict/yarl", "(multidict/"), ("multidict/yarl", "(yarl/"),
+    ("asyncio", "(asyncio/"), ("rocksdict", "rocksdict"),
+    ("datetime parsing (_strptime, locale)", "(_strptime.py"),
+    ("datetime parsing (_strptime, locale)", "(locale.py"),
+    ("dataclass __init__", "(<string>"), ("hmac/hashlib", "(hmac.py"),
+    ("hmac/hashlib", "(hashlib.py"), ("urllib", "(urllib/"), ("uuid", "(uuid.py"),
+    ("logging", "(logging/"),
+    ("concurrent.futures (executor submit; in workers: waits)",
+     "(concurrent/futures/thread.py"),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """Samples of the event-loop thread (MainThread); other threads only counted."""
+
     samples: int
+    threads: list[tuple[str, int]]  # thread name -> samples (all threads)
     own: list[tuple[str, int]]  # frame (function + file:line) -> samples at the top
     own_by_function: list[tuple[str, int]]  # function + file, lines merged
     inclusive: list[tuple[str, int]]  # function + file -> samples with it on the stack
@@ -87,7 +97,7 @@ def category(frame: str) -> str:
     for name, marker in CATEGORIES:
         if marker in frame:
             return name
-    return "other (stdlib, C calls attributed to their caller)"
+    return "other"
 
 
 def parse_folded(lines: Iterable[str]) -> Profile:
@@ -96,12 +106,18 @@ def parse_folded(lines: Iterable[str]) -> Profile:
     inclusive: Counter[str] = Counter()
     cats: Counter[str] = Counter()
     stacks: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     total = 0
     for line in lines:
         stack, _, count_text = line.rstrip("\n").rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        thread, _, stack = stack.partition(";")  # `thread (TID): NAME` (py-spy --threads)
+        name = thread.partition(": ")[2] or thread
+        threads[name] += count
+        if name != MAIN_THREAD or not stack:
+            continue
         frames = [shorten(f) for f in stack.split(";")]
         total += count
         own[frames[-1]] += count
@@ -110,14 +126,15 @@ def parse_folded(lines: Iterable[str]) -> Profile:
         for fn in {without_line(f) for f in frames}:
             inclusive[fn] += count
         stacks[";".join(without_line(f).split(" (")[0] for f in frames[-6:])] += count
-    return Profile(total, own.most_common(TOP_FRAMES), own_fn.most_common(TOP_FRAMES),
-                   inclusive.most_common(TOP_FRAMES * 2), cats.most_common(),
-                   stacks.most_common(TOP_STACKS))
+    return Profile(total, threads.most_common(), own.most_common(TOP_FRAMES),
+                   own_fn.most_common(TOP_FRAMES), inclusive.most_common(TOP_FRAMES * 2),
+                   cats.most_common(), stacks.most_common(TOP_STACKS))
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (all threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of `pid` (all threads), or of its thread `tid`, from /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, encoding="ascii") as handle:
         fields = handle.read().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
@@ -134,7 +151,8 @@ def py_spy() -> str:
 class Sampled:
     profile: Profile
     result: WrkResult
-    cpu_s: float
+    cpu_s: float  # the whole process
+    loop_cpu_s: float  # the main (event-loop) thread
     py_spy_command: str
 
 
@@ -143,11 +161,14 @@ def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: b
     """wrk (`spec`, which should last seconds + 2 * LEAD_S) with py-spy attached for the
     middle `seconds`; the gateway's CPU time is read around the whole wrk run."""
     wrk_spec = spec
-    command = [py_spy(), "record", "--nonblocking", "-r", str(SAMPLE_RATE_HZ), "-d",
-               str(seconds), "-p", str(server.pid), "-f", "raw", "-o", folded_path]
+    # Blocking mode (py-spy pauses the process for each sample): --nonblocking reads the
+    # stack while it changes and returns torn, truncated stacks under this load.
+    command = [py_spy(), "record", "-r", str(SAMPLE_RATE_HZ), "-d", str(seconds),
+               "-p", str(server.pid), "-f", "raw", "--threads", "-o", folded_path]
     if native:
         command.append("--native")
     cpu_before = cpu_seconds(server.pid)
+    loop_before = cpu_seconds(server.pid, server.pid)
     wrk = subprocess.Popen(command_for(server.endpoint, wrk_spec), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
@@ -159,10 +180,11 @@ def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: b
             wrk.kill()
             wrk.wait()
     cpu = cpu_seconds(server.pid) - cpu_before
+    loop_cpu = cpu_seconds(server.pid, server.pid) - loop_before
     result = parse_output(raw, shlex.join(command_for(server.endpoint, wrk_spec)))
     with open(folded_path, encoding="utf-8", errors="replace") as handle:
         profile = parse_folded(handle)
-    return Sampled(profile, result, cpu, " ".join(command))
+    return Sampled(profile, result, cpu, loop_cpu, " ".join(command))
 
 
 def _pct(count: int, total: int) -> str:
@@ -176,7 +198,10 @@ def _us(count: int, total: int, us_per_request: float) -> str:
 def render(args: argparse.Namespace, baseline: WrkResult, sampled: Sampled,
            machine_line: str) -> str:
     p, r = sampled.profile, sampled.result
-    us_per_request = sampled.cpu_s * 1e6 / r.requests if r.requests else 0.0
+    us_per_request = sampled.loop_cpu_s * 1e6 / r.requests if r.requests else 0.0
+    process_us = sampled.cpu_s * 1e6 / r.requests if r.requests else 0.0
+    thread_samples = sum(n for _, n in p.threads)
+    loop_ceiling = 1e6 / us_per_request if us_per_request else 0.0
     lines = [f"# petrel gateway profile under wrk {args.op.upper()} load "
              f"({datetime.date.today().isoformat()})", "",
              f"{size_text(args.size_bytes)} objects, wrk -t {args.threads} -c "
@@ -186,14 +211,20 @@ def render(args: argparse.Namespace, baseline: WrkResult, sampled: Sampled,
              f"errors {baseline.errors}",
              f"- while profiled: {r.ops_per_s:,.0f} req/s, p99 {r.latency_ms_p99:.2f} ms, "
              f"errors {r.errors}",
-             f"- gateway CPU over the profiled wrk run: {sampled.cpu_s:.1f} s for "
-             f"{r.requests:,} requests = **{us_per_request:.0f} us CPU per request** "
-             f"({1e6 / us_per_request if us_per_request else 0:,.0f} req/s per core at most)",
-             f"- py-spy: {p.samples:,} busy samples at {SAMPLE_RATE_HZ} Hz "
-             f"(`{sampled.py_spy_command}`)", "",
-             "us/request = share of busy samples x CPU us per request. Without --native, "
-             "time in C code (uvloop, hashing, RocksDB, socket writes) is charged to the "
-             "Python frame that called it.", "", "## Own time by category", "",
+             f"- gateway CPU over the profiled wrk run: event-loop thread "
+             f"{sampled.loop_cpu_s:.1f} s for {r.requests:,} requests = **{us_per_request:.0f}"
+             f" us CPU per request** on the loop ({loop_ceiling:,.0f} req/s at most from "
+             f"one loop); whole process {sampled.cpu_s:.1f} s = "
+             f"{process_us:.0f} us per request",
+             f"- py-spy: {p.samples:,} busy samples of the event-loop thread at "
+             f"{SAMPLE_RATE_HZ} Hz (`{sampled.py_spy_command}`); samples per thread: "
+             + ", ".join(f"{name} {n:,} ({_pct(n, thread_samples)})" for name, n in p.threads)
+             + " (other threads: their Python frames, which includes time blocked in "
+             "pwritev/fdatasync/queue waits, not CPU)", "",
+             "Tables below: the event-loop thread only. us/request = share of its busy "
+             "samples x its CPU us per request. Without --native, time in C code (uvloop, "
+             "hashing, RocksDB, socket writes) is charged to the Python frame that called "
+             "it.", "", "## Own time by category", "",
              "| category | share | us/request |", "|---|---|---|"]
     lines += [f"| {name} | {_pct(n, p.samples)} | {_us(n, p.samples, us_per_request)} |"
               for name, n in p.categories]

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.s3 import Measurement, Run
+    from bench.s3 import Measurement, Run, Soak
 
 MiB = 1024 * 1024
 TARGET = 3.0  # the issue's goal: petrel >= 3x SeaweedFS for GET and for PUT
@@ -61,12 +61,12 @@ def _row(m: Measurement) -> list[str]:
     return [m.target, m.durability, m.op, str(m.threads), f"{r.ops_per_s:,.0f}",
             f"{mb_s:,.1f}", f"{r.latency_ms_p50:.2f}", f"{r.latency_ms_p90:.2f}",
             f"{r.latency_ms_p99:.2f}", f"{r.latency_ms_max:.1f}", errors,
-            f"{m.server_rss_bytes / MiB:.0f}"]
+            f"{m.disk_read_bytes / 1e6:,.0f}", f"{m.server_rss_bytes / MiB:.0f}"]
 
 
 def size_tables(run: Run) -> list[str]:
     header = ["target", "durability", "op", "wrk -t", "ops/s", "MB/s", "p50 ms", "p90 ms",
-              "p99 ms", "max ms", "errors", "server RSS MiB"]
+              "p99 ms", "max ms", "errors", "disk read MB", "server RSS MiB"]
     lines: list[str] = []
     for size in _sizes(run):
         rows = [m for m in run.measurements if m.size_bytes == size]
@@ -101,15 +101,24 @@ def ratio_table(run: Run) -> list[str]:
     return _table(header, rows)
 
 
-def rss_summary(run: Run) -> dict[str, float]:
+def memory_summary(run: Run, field: str) -> dict[str, float]:
+    """Start, half-time, end and max of one RssSample field (rss_bytes, anon_bytes,
+    file_bytes) over the soak, in MiB, and the growth over the second half."""
     soak = run.soak
     if soak is None or not soak.rss:
         return {}
-    values = [rss for _, rss in soak.rss]
-    half = [rss for t, rss in soak.rss if t >= soak.rss[-1][0] / 2]
-    return {"start_mib": values[0] / MiB, "end_mib": values[-1] / MiB,
-            "max_mib": max(values) / MiB, "mid_mib": half[0] / MiB,
-            "second_half_growth": (values[-1] - half[0]) / half[0] if half[0] else 0.0}
+    values = [getattr(sample, field) for sample in soak.rss]
+    end_t = soak.rss[-1].t_s
+    mid = next(getattr(s, field) for s in soak.rss if s.t_s >= end_t / 2)
+    return {"start_mib": values[0] / MiB, "mid_mib": mid / MiB, "end_mib": values[-1] / MiB,
+            "max_mib": max(values) / MiB,
+            "second_half_growth": (values[-1] - mid) / mid if mid else 0.0}
+
+
+def _memory_line(name: str, m: dict[str, float]) -> str:
+    return (f"{name}: start {m['start_mib']:.1f} MiB, half-time {m['mid_mib']:.1f}, end "
+            f"{m['end_mib']:.1f}, max {m['max_mib']:.1f}; second half "
+            f"{m['second_half_growth']:+.1%}")
 
 
 def verdicts(run: Run) -> list[str]:
@@ -139,14 +148,17 @@ def verdicts(run: Run) -> list[str]:
                 met = "met" if ours <= theirs else "NOT met"
                 lines.append(f"- {size_text(size)}: {op} p99 no worse than SeaweedFS: "
                              f"{ours:.2f} ms vs {theirs:.2f} ms, {met}")
-    rss = rss_summary(run)
-    if rss and run.soak is not None:
-        flat = rss["second_half_growth"] <= RSS_FLAT_GROWTH_MAX
-        lines.append(
-            f"- gateway RSS flat over the {run.soak.seconds} s soak (rule: at most "
-            f"{RSS_FLAT_GROWTH_MAX:.0%} growth over the second half): "
-            f"{rss['mid_mib']:.1f} -> {rss['end_mib']:.1f} MiB "
-            f"({rss['second_half_growth']:+.1%}), {'met' if flat else 'NOT met'}")
+    if run.soak is not None:
+        for name, field in (("VmRSS", "rss_bytes"), ("RssAnon (heap, no mapped files)",
+                                                     "anon_bytes")):
+            m = memory_summary(run, field)
+            if m:
+                flat = m["second_half_growth"] <= RSS_FLAT_GROWTH_MAX
+                lines.append(
+                    f"- gateway {name} flat over the {run.soak.seconds} s soak (rule: at most "
+                    f"{RSS_FLAT_GROWTH_MAX:.0%} growth over the second half): "
+                    f"{m['mid_mib']:.1f} -> {m['end_mib']:.1f} MiB "
+                    f"({m['second_half_growth']:+.1%}), {'met' if flat else 'NOT met'}")
     return lines
 
 
@@ -169,24 +181,45 @@ def soak_section(run: Run) -> list[str]:
     soak = run.soak
     if soak is None:
         return ["No soak in this run (--soak-seconds 0)."]
-    rss = rss_summary(run)
-    lines = [f"petrel (durability batch), {size_text(soak.size_bytes)} objects, 1 request in "
-             f"{soak.put_every} a PUT to a new key, {soak.seconds} s in wrk runs of "
-             f"{run.settings['soak_segment_s']} s; VmRSS of the gateway process every few "
-             "seconds.", ""]
-    if rss:
-        lines += [f"RSS: start {rss['start_mib']:.1f} MiB, at half-time "
-                  f"{rss['mid_mib']:.1f} MiB, end {rss['end_mib']:.1f} MiB, max "
-                  f"{rss['max_mib']:.1f} MiB; growth over the second half "
-                  f"{rss['second_half_growth']:+.1%}.", ""]
-    header = ["segment", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"]
-    lines += _table(header, ([str(s.index + 1), f"{s.result.ops_per_s:,.0f}",
-                              f"{s.result.latency_ms_p50:.2f}", f"{s.result.latency_ms_p99:.2f}",
-                              f"{s.result.latency_ms_max:.1f}", str(s.result.errors)]
-                             for s in soak.segments))
-    series = ", ".join(f"{t:.0f}s {rss / MiB:.1f}" for t, rss in soak.rss)
-    lines += ["", "RSS series (seconds since soak start, MiB):", "", series]
+    mix = "PUTs only, each to a new key" if soak.put_every == 1 else \
+        f"1 request in {soak.put_every} a PUT to a new key, the rest GETs"
+    lines = [f"petrel (durability batch), {size_text(soak.size_bytes)} objects, {mix}, "
+             f"{soak.seconds} s in wrk runs of {run.settings['soak_segment_s']} s; the "
+             f"gateway's memory (/proc/PID/status) every {run_interval(soak)} s. VmRSS = "
+             "RssAnon (heap, allocator arenas, RocksDB memtables and block cache) + RssFile "
+             "(pages of mapped files: petrel maps sealed segments; shared with the page "
+             "cache and reclaimable).", ""]
+    for name, field in (("VmRSS", "rss_bytes"), ("RssAnon", "anon_bytes"),
+                        ("RssFile", "file_bytes")):
+        m = memory_summary(run, field)
+        if m:
+            lines.append(f"- {_memory_line(name, m)}")
+    first, last = soak.segments[0] if soak.segments else None, \
+        soak.segments[-1] if soak.segments else None
+    if first and last and first.objects is not None and last.objects is not None:
+        added = last.objects - first.objects
+        grown = last.memory.anon_bytes - first.memory.anon_bytes
+        per = f", {grown / added:.0f} B of RssAnon per object added" if added > 0 else ""
+        lines.append(f"- objects stored: {first.objects:,} after segment 1, {last.objects:,} "
+                     f"at the end{per}")
+    header = ["segment", "ops/s", "p50 ms", "p99 ms", "max ms", "errors", "objects",
+              "RSS MiB", "anon MiB", "file MiB"]
+    rows = ([str(s.index + 1), f"{s.result.ops_per_s:,.0f}", f"{s.result.latency_ms_p50:.2f}",
+             f"{s.result.latency_ms_p99:.2f}", f"{s.result.latency_ms_max:.1f}",
+             str(s.result.errors), f"{s.objects:,}" if s.objects is not None else "n/a",
+             f"{s.memory.rss_bytes / MiB:.1f}", f"{s.memory.anon_bytes / MiB:.1f}",
+             f"{s.memory.file_bytes / MiB:.1f}"] for s in soak.segments)
+    lines += ["", *_table(header, rows)]
+    series = ", ".join(f"{x.t_s:.0f}s {x.rss_bytes / MiB:.0f}/{x.anon_bytes / MiB:.0f}"
+                       for x in soak.rss)
+    lines += ["", "Memory series (seconds since soak start: VmRSS/RssAnon MiB):", "", series]
     return lines
+
+
+def run_interval(soak: Soak) -> str:
+    if len(soak.rss) < 3:
+        return "few"
+    return f"{soak.rss[1].t_s - soak.rss[0].t_s:.0f}"
 
 
 def machine_section(run: Run) -> list[str]:
@@ -247,7 +280,9 @@ def markdown(run: Run) -> str:
               "- ceiling: no storage (bench/s3_ceiling.py answers from memory).",
               "", "## Ratios (main wrk thread count)", ""]
     lines += ratio_table(run)
-    lines += ["", "## Results per object size"]
+    lines += ["", "## Results per object size", "",
+              "`disk read MB`: bytes read from the data disk during the run (/proc/diskstats):"
+              " near 0 means the GETs were served from the page cache."]
     lines += size_tables(run)
     lines += ["", "## Generator check: wrk -t 1 vs -t 2", "",
               "wrk and the server share the machine's 2 cores: a second wrk thread takes CPU "

@@ -49,6 +49,7 @@ class Server:
     command: list[str]
     # SeaweedFS only: `-master=... -filer=...` for `weed shell` against this server.
     shell_args: tuple[str, ...] = ()
+    data_dir: str = ""  # where it keeps its data ("" for the ceiling)
 
     @property
     def endpoint(self) -> str:
@@ -67,16 +68,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def rss_bytes(pid: int) -> int:
-    """VmRSS of `pid` in bytes; 0 if the process is gone."""
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Resident memory of one process, from /proc/PID/status (0s if it is gone).
+    rss = anon + file (+ shmem): `file` counts pages of mapped files (petrel maps sealed
+    segments), which the kernel can drop and which other processes share; `anon` is the
+    process's own heap, stacks and allocator arenas: where a leak shows."""
+
+    rss_bytes: int
+    anon_bytes: int
+    file_bytes: int
+
+
+def memory(pid: int) -> Memory:
+    fields = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                name, _, value = line.partition(":")
+                if name in fields:
+                    fields[name] = int(value.split()[0]) * 1024
     except OSError:
-        return 0
-    return 0
+        pass
+    return Memory(fields["VmRSS"], fields["RssAnon"], fields["RssFile"])
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of `pid` in bytes; 0 if the process is gone."""
+    return memory(pid).rss_bytes
+
+
+def petrel_objects(server: Server) -> int | None:
+    """`petrel_objects` from the gateway's /metrics (None if unavailable)."""
+    try:
+        with urllib.request.urlopen(server.endpoint + "/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("petrel_objects "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def _spawn(command: list[str], log_path: str, env: dict[str, str] | None = None,
@@ -117,7 +149,8 @@ def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
                "--log-level", "warning"]
     os.makedirs(data_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
-    server = Server(name, port, _spawn(command, log_path), log_path, durability, command)
+    server = Server(name, port, _spawn(command, log_path), log_path, durability, command,
+                    data_dir=data_dir)
     _wait_http(server, "/healthz", (200,))
     return server
 
@@ -167,7 +200,7 @@ def start_seaweedfs(name: str, data_dir: str, creds: Credentials, log_dir: str) 
     ]
     log_path = os.path.join(log_dir, f"{name}.log")
     server = Server(name, ports["s3"], _spawn(command, log_path), log_path,
-                    "no fsync (SeaweedFS default)", command)
+                    "no fsync (SeaweedFS default)", command, data_dir=data_dir)
     # An unsigned GET of / is refused (403) once the S3 gateway is up.
     _wait_http(server, "/", (200, 403))
     # `weed shell` takes HOST:HTTP_PORT.GRPC_PORT when the gRPC port is not HTTP + 10000.
@@ -219,3 +252,43 @@ def stop(server: Server) -> int | None:
         process.kill()
         process.wait(timeout=STOP_TIMEOUT_S)
         return None
+
+
+# Bytes read to warm the page cache before a GET run, at most (a run never reads more).
+PREWARM_BYTES_MAX = 16 * 1024**3
+_PREWARM_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def prewarm(data_dir: str) -> tuple[int, float]:
+    """Read every file under `data_dir` once (up to PREWARM_BYTES_MAX) so a GET run
+    starts from a page cache holding the server's data, whoever the server is. Returns
+    (bytes read, seconds)."""
+    started = time.monotonic()
+    total = 0
+    for root, _, files in os.walk(data_dir):
+        for name in files:
+            try:
+                with open(os.path.join(root, name), "rb", buffering=0) as handle:
+                    while total < PREWARM_BYTES_MAX:
+                        chunk = handle.read(_PREWARM_CHUNK_BYTES)
+                        if not chunk:
+                            break
+                        total += len(chunk)
+            except OSError:
+                continue  # removed or unreadable meanwhile (compaction, a lock file)
+    return total, time.monotonic() - started
+
+
+def disk_read_bytes(device: str) -> int:
+    """Bytes read from block device `device` (/dev/vda or vda) since boot (diskstats);
+    0 when it is not listed."""
+    name = os.path.basename(device)
+    try:
+        with open("/proc/diskstats", encoding="ascii") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 5 and fields[2] == name:
+                    return int(fields[5]) * 512
+    except OSError:
+        return 0
+    return 0
