@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import boto3
 import pytest
 from botocore.config import Config
-from rawhttp import ACCESS_KEY, SECRET_KEY
+from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully
 
 
 def free_port() -> int:
@@ -105,11 +105,4 @@ def bucket(s3) -> Iterator[str]:  # type: ignore[no-untyped-def]
     name = "t-" + uuid.uuid4().hex[:20]
     s3.create_bucket(Bucket=name)
     yield name
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=name, Delete={"Objects": keys})
-    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    s3.delete_bucket(Bucket=name)
+    delete_bucket_fully(s3, name)

@@ -89,3 +89,14 @@ def _read_response(sock: socket.socket, method: str) -> RawResponse:
 
 def object_path(bucket: str, key: str) -> str:
     return f"/{bucket}/{quote(key, safe='/~')}"
+
+
+def delete_bucket_fully(s3, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Empty a bucket (objects and multipart uploads) and delete it, with boto3."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=name, Delete={"Objects": keys})
+    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    s3.delete_bucket(Bucket=name)

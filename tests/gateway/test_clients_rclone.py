@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rawhttp import ACCESS_KEY, SECRET_KEY
+from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully
 
 MiB = 1024 * 1024
 COMMAND_TIMEOUT_S = 60
@@ -95,13 +95,7 @@ def bucket_name(s3) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield name
     if name not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         return
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=name, Delete={"Objects": keys})
-    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    s3.delete_bucket(Bucket=name)
+    delete_bucket_fully(s3, name)
 
 
 def _copied(result: subprocess.CompletedProcess[str]) -> int:
