@@ -96,12 +96,7 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
         if entry.flags & fmt.FLAG_LARGE:
             large.append(position)
             continue
-        mapped = store._mapped(entry.location.segment_id)
-        if mapped is not None:  # a sealed local segment: slice it, no read to plan
-            _finish(store, item, results, position, entry, full_key, mapped,
-                    entry.location.offset)
-        else:
-            wants.append(_Want(position, entry, full_key))
+        wants.append(_Want(position, entry, full_key))
     runs = plan_runs(wants, store.config.read_merge_gap_bytes,
                      store.config.read_merge_bytes_max)
     remote: list[Run] = []

@@ -7,13 +7,13 @@ sealed and uploaded; after that the backend holds it under `format.segment_blob_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from petrel import format as fmt
 from petrel.errors import CorruptionError
@@ -103,48 +103,51 @@ class ActiveSegment:
             os.close(self.fd)
 
 
-class SegmentMaps:
-    """Read-only memory maps of sealed segments that live as local files (the local
-    backend), at most `limit` at a time, least recently used unmapped first.
+class SealedFiles:
+    """Open read handles of sealed segments that live as local files (the local
+    backend), at most `limit` at a time, least recently used closed first.
 
-    A sealed segment never changes, so a record is read by slicing the map: no syscall,
-    one copy of the payload. Only the event-loop thread uses this (not thread-safe).
+    `read_cached` never waits for the disk: it reads with RWF_NOWAIT and answers None
+    when the bytes are not all in the page cache, so the event loop never stalls on a
+    cold read (the caller then reads in a worker thread). Event-loop thread only.
     """
 
     def __init__(self, path_of: Callable[[str], str], limit: int) -> None:
         self._path_of = path_of
         self._limit = limit
-        self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
+        self._files: OrderedDict[int, BinaryIO] = OrderedDict()
 
-    def get(self, segment_id: int) -> mmap.mmap:
-        mapped = self._maps.get(segment_id)
-        if mapped is not None:
-            self._maps.move_to_end(segment_id)
-            return mapped
+    def _file(self, segment_id: int) -> BinaryIO:
+        handle = self._files.get(segment_id)
+        if handle is not None:
+            self._files.move_to_end(segment_id)
+            return handle
         path = self._path_of(fmt.segment_blob_name(segment_id))
-        with open(path, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        mapped.madvise(mmap.MADV_RANDOM)  # small random reads: no readahead
-        self._maps[segment_id] = mapped
-        while len(self._maps) > self._limit:
-            _, oldest = self._maps.popitem(last=False)
-            _close_map(oldest)
-        return mapped
+        handle = open(path, "rb", buffering=0)  # noqa: SIM115 - cached, closed on evict
+        self._files[segment_id] = handle
+        while len(self._files) > self._limit:
+            self._files.popitem(last=False)[1].close()
+        return handle
+
+    def read_cached(self, segment_id: int, offset: int, length: int) -> bytes | None:
+        """The bytes if the page cache holds them all; None if reading would block.
+        Raises FileNotFoundError if the segment file is gone."""
+        buffer = bytearray(length)
+        try:
+            count = os.preadv(self._file(segment_id).fileno(), [buffer], offset,
+                              os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        return bytes(buffer) if count == length else None
 
     def forget(self, segment_id: int) -> None:
-        mapped = self._maps.pop(segment_id, None)
-        if mapped is not None:
-            _close_map(mapped)
+        handle = self._files.pop(segment_id, None)
+        if handle is not None:
+            handle.close()
 
     def close(self) -> None:
-        while self._maps:
-            _close_map(self._maps.popitem()[1])
-
-
-def _close_map(mapped: mmap.mmap) -> None:
-    # A view still exported: the map then closes when the last view is dropped.
-    with contextlib.suppress(BufferError):
-        mapped.close()
+        while self._files:
+            self._files.popitem()[1].close()
 
 
 @dataclass(slots=True)

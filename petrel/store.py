@@ -63,7 +63,7 @@ from petrel.model import (
 )
 from petrel.multipart import Multipart, Part, Upload
 from petrel.recovery import OpenState, open_state, segment_dir
-from petrel.segments import SegmentMaps
+from petrel.segments import SealedFiles
 from petrel.settings import StoreConfig
 
 log = logging.getLogger("petrel.store")
@@ -125,9 +125,9 @@ class Store:
         self.open_report = state
         self.corruptions_detected = 0
         self._pending_keys: dict[bytes, int] = {}
-        self._maps: SegmentMaps | None = None
+        self._sealed: SealedFiles | None = None
         if isinstance(backend, LocalBackend):
-            self._maps = SegmentMaps(backend.path_of, config.open_files_max)
+            self._sealed = SealedFiles(backend.path_of, config.open_files_max)
         self._background: set[asyncio.Future[None]] = set()
         self.compactor: object | None = None
         self._multipart: Multipart | None = None
@@ -173,8 +173,8 @@ class Store:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self.io_pool.shutdown(wait=True)  # before the backend closes files under it
-        if self._maps is not None:
-            self._maps.close()
+        if self._sealed is not None:
+            self._sealed.close()
         self.kv.close()
         self.backend.close()
 
@@ -599,31 +599,26 @@ class Store:
 
     def _read_local(self, location: fmt.Location) -> tuple[bytes | mmap.mmap, int] | None:
         """(buffer, offset of `location` in it) when the bytes can be read without
-        leaving the event loop: a pread of a local unsealed segment, or a slice of a
-        mapped sealed one. None when they must come from a remote backend."""
+        waiting on the event loop: a pread of a local unsealed segment (just written,
+        in the page cache), or a non-blocking read of a sealed local one. None when
+        they must be read in a worker thread: a remote backend, or a cold sealed file
+        (a page-cache miss on the loop would stall every request for a disk seek)."""
         segment = self.committer.local.get(location.segment_id)
         if segment is not None:
             return segment.read(location.offset, location.length), 0
-        if self._maps is not None:
+        if self._sealed is not None:
             try:
-                return self._maps.get(location.segment_id), location.offset
+                data = self._sealed.read_cached(location.segment_id, location.offset,
+                                                location.length)
             except FileNotFoundError:
                 return None  # deleted meanwhile: the backend answers BlobNotFound
+            return None if data is None else (data, 0)
         return None
 
-    def _mapped(self, segment_id: int) -> mmap.mmap | None:
-        """The map of a sealed local segment, or None (unsealed, or remote)."""
-        if self._maps is None or segment_id in self.committer.local:
-            return None
-        try:
-            return self._maps.get(segment_id)
-        except FileNotFoundError:
-            return None
-
     def forget_segment(self, segment_id: int) -> None:
-        """A segment is being deleted: drop its map."""
-        if self._maps is not None:
-            self._maps.forget(segment_id)
+        """A segment is being deleted: close its file."""
+        if self._sealed is not None:
+            self._sealed.forget(segment_id)
 
     def _check_payload(self, data: bytes | mmap.mmap, offset: int, location: fmt.Location,
                        full_key: bytes) -> bytes:
