@@ -441,7 +441,9 @@ def _parse_signature(value: str, error: type[PetrelError]) -> str:
     return value
 
 
-def _single(headers: dict[str, list[str]], name: str) -> str | None:
+def single_header(headers: dict[str, list[str]], name: str) -> str | None:
+    """The one value of header `name` (lower-case), None if absent; InvalidArgument
+    if it is repeated."""
     values = headers.get(name)
     if values is None:
         return None
@@ -451,10 +453,10 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
 
 
 def _header_date(headers: dict[str, list[str]]) -> tuple[str, datetime]:
-    amz_date = _single(headers, "x-amz-date")
+    amz_date = single_header(headers, "x-amz-date")
     if amz_date is not None:
         return amz_date, _parse_amz_date(amz_date, AccessDenied)
-    http_date = _single(headers, "date")
+    http_date = single_header(headers, "date")
     if http_date is None:
         raise AccessDenied("AWS authentication requires a valid Date or x-amz-date header.")
     try:
@@ -484,7 +486,7 @@ def _authorization_fields(value: str) -> dict[str, str]:
 
 
 def _content_sha256(headers: dict[str, list[str]]) -> str:
-    value = _single(headers, "x-amz-content-sha256")
+    value = single_header(headers, "x-amz-content-sha256")
     if value is None:
         raise InvalidRequest("Missing required header for this request: x-amz-content-sha256")
     _payload_mode(value)  # validates
@@ -575,7 +577,7 @@ def _query_claim(
     if amz_date[:8] != day:
         raise error("Invalid credential date. Date is not the same as X-Amz-Date.")
     # A presigned URL covers no body unless it says so (botocore: header, then constant).
-    payload_hash = dict(query).get("X-Amz-Content-Sha256") or _single(
+    payload_hash = dict(query).get("X-Amz-Content-Sha256") or single_header(
         headers, "x-amz-content-sha256"
     )
     return _Claim(

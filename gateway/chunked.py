@@ -76,6 +76,7 @@ from .auth import (
     chunk_signature,
     collect_headers,
     signatures_equal,
+    single_header,
     trailer_signature,
 )
 
@@ -193,15 +194,6 @@ def _checksum_algorithm(name: str) -> str | None:
     return algorithm
 
 
-def _single_value(headers: dict[str, list[str]], name: str) -> str | None:
-    values = headers.get(name)
-    if values is None:
-        return None
-    if len(values) != 1:
-        raise InvalidArgument(f"The {name} header may appear only once.")
-    return values[0]
-
-
 def parse_checksum_headers(
     headers: dict[str, list[str]], trailer_names: tuple[str, ...] = ()
 ) -> ExpectedChecksums:
@@ -210,14 +202,14 @@ def parse_checksum_headers(
     Raises InvalidDigest (malformed Content-MD5) or InvalidRequest (malformed or several
     x-amz-checksum-* values, an unsupported algorithm).
     """
-    md5_text = _single_value(headers, "content-md5")
+    md5_text = single_header(headers, "content-md5")
     content_md5 = None if md5_text is None else _b64_digest(md5_text, 16)
     if md5_text is not None and content_md5 is None:
         raise InvalidDigest()
     found: list[tuple[str, bytes | None]] = []
     for name in headers:
         if name.startswith(_CHECKSUM_PREFIX) and (algorithm := _checksum_algorithm(name)):
-            text = _single_value(headers, name) or ""
+            text = single_header(headers, name) or ""
             value = _b64_digest(text, CHECKSUM_ALGORITHMS[algorithm][0])
             if value is None:
                 raise InvalidRequest(f"Value for {name} header is invalid.")
@@ -499,7 +491,7 @@ class AwsChunkedBody:
 
 # ----- choosing a decoder ------------------------------------------------------------------
 def _declared_trailers(headers: dict[str, list[str]], mode: PayloadMode) -> tuple[str, ...]:
-    value = _single_value(headers, "x-amz-trailer")
+    value = single_header(headers, "x-amz-trailer")
     if value is None:
         return ()
     if not mode.trailer:
@@ -518,7 +510,7 @@ def _declared_trailers(headers: dict[str, list[str]], mode: PayloadMode) -> tupl
 
 
 def _decoded_length(headers: dict[str, list[str]]) -> int:
-    value = _single_value(headers, "x-amz-decoded-content-length")
+    value = single_header(headers, "x-amz-decoded-content-length")
     if value is None:
         raise MissingContentLength(
             "You must provide x-amz-decoded-content-length with an aws-chunked body."

@@ -5,10 +5,7 @@ Kept apart from the handlers so that every handler parses the same way.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -17,11 +14,7 @@ from multidict import MultiMapping
 
 from petrel import format as fmt
 from petrel.errors import (
-    BadDigest,
-    IncompleteBody,
-    InvalidDigest,
     InvalidRange,
-    InvalidRequest,
     MetadataTooLarge,
 )
 from petrel.model import ByteRange
@@ -67,22 +60,6 @@ def user_metadata(headers: MultiMapping[str], limit_bytes: int) -> fmt.ObjectMet
     return fmt.ObjectMeta(content_type, tuple(sorted(pairs)))
 
 
-def content_md5(headers: MultiMapping[str]) -> bytes | None:
-    value = headers.get("Content-MD5")
-    if value is None:
-        return None
-    try:
-        digest = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidDigest() from exc
-    if len(digest) != 16:
-        raise InvalidDigest()
-    return digest
-
-
-def check_md5(expected: bytes | None, actual_hex: str) -> None:
-    if expected is not None and expected.hex() != actual_hex:
-        raise BadDigest()
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -110,31 +87,3 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return None  # syntactically invalid: ignored, as RFC 7233 says
     return ByteRange(start, end - start + 1)
 
-
-async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
-    """A small body (XML), at most `limit_bytes`, exactly Content-Length long."""
-    declared = request.content_length
-    if declared is not None and declared > limit_bytes:
-        raise InvalidRequest(f"request body over {limit_bytes} bytes")
-    body = await request.content.read(limit_bytes + 1)
-    if len(body) > limit_bytes:
-        raise InvalidRequest(f"request body over {limit_bytes} bytes")
-    if declared is not None and len(body) != declared:
-        raise IncompleteBody()
-    return body
-
-
-async def plain_body(request: web.Request, chunk_bytes: int = 256 * 1024
-                     ) -> AsyncIterator[bytes]:
-    """The raw body in chunks; raises IncompleteBody if it ends before Content-Length
-    (the client closed the connection mid-body)."""
-    declared = request.content_length
-    received = 0
-    while True:
-        chunk = await request.content.read(chunk_bytes)
-        if not chunk:
-            break
-        received += len(chunk)
-        yield chunk
-    if declared is not None and received != declared:
-        raise IncompleteBody(f"received {received} of {declared} bytes")

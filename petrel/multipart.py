@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from petrel import format as fmt
 from petrel.errors import (
-    BadDigest,
     EntityTooLarge,
     EntityTooSmall,
     InvalidArgument,
@@ -101,8 +100,7 @@ class Multipart:
                       json.dumps(document).encode())
         return upload
 
-    async def upload_part(self, upload: Upload, number: int, chunks: AsyncIterable[bytes],
-                          expected_md5: bytes | None = None) -> Part:
+    async def upload_part(self, upload: Upload, number: int, chunks: AsyncIterable[bytes]) -> Part:
         if not 1 <= number <= PART_NUMBER_MAX:
             raise InvalidArgument(f"Part number must be an integer between 1 and "
                                   f"{PART_NUMBER_MAX}, inclusive")
@@ -121,8 +119,6 @@ class Multipart:
                     handle.write(chunk)
                 handle.flush()
                 await loop.run_in_executor(None, os.fsync, handle.fileno())
-            if expected_md5 is not None and expected_md5 != md5.digest():
-                raise BadDigest()
             if not os.path.isdir(directory):
                 raise NoSuchUpload(resource=upload.upload_id)
             part = Part(number, size, md5.hexdigest(), time.time_ns() // 1_000_000)

@@ -35,7 +35,6 @@ from petrel.backends.base import Backend
 from petrel.backends.local import LocalBackend
 from petrel.commit import Committer, Pending, make_pending
 from petrel.errors import (
-    BadDigest,
     BucketAlreadyOwnedByYou,
     BucketNotEmpty,
     CorruptionError,
@@ -337,13 +336,13 @@ class Store:
 
     async def put_object_stream(self, bucket: str, key: str, chunks: AsyncIterable[bytes],
                                 meta: fmt.ObjectMeta = fmt.EMPTY_META, *,
-                                expected_md5: bytes | None = None,
                                 etag: tuple[bytes, int] | None = None,
                                 size_max: int | None = None) -> ObjectInfo:
         """As put_object, from an async stream of chunks (bodies larger than memory).
-        Nothing becomes visible if the stream fails part way, or if `expected_md5`
-        (Content-MD5) does not match (BadDigest). `etag` (MD5, part count) replaces the
-        computed ETag (multipart uploads); `size_max` raises the size limit for them."""
+        Nothing becomes visible if the stream fails part way (a caller verifies a body's
+        digests in the stream itself, raising before its end). `etag` (MD5, part count)
+        replaces the computed ETag (multipart uploads); `size_max` raises the size limit
+        for them."""
         self._bucket(bucket)
         object_bytes_max = size_max or self.limits.object_bytes_max
         raw_key, raw_meta = self._key(key), self._meta(meta)
@@ -361,10 +360,8 @@ class Store:
                 return await self._put_large(
                     bucket, key, raw_key, raw_meta, buffered, None,
                     etag[0] if etag else None, etag[1] if etag else 0, rest=iterator,
-                    md5_state=md5, expected_md5=expected_md5, size_max=object_bytes_max)
+                    md5_state=md5, size_max=object_bytes_max)
         data = b"".join(buffered)
-        if expected_md5 is not None and expected_md5 != md5.digest():
-            raise BadDigest(resource=key)
         pending = self._object_pending(bucket, raw_key, data, raw_meta,
                                        etag[0] if etag else md5.digest(),
                                        etag[1] if etag else 0)
@@ -377,7 +374,6 @@ class Store:
                          head: list[bytes], size: int | None, md5: bytes | None, parts: int,
                          *, rest: AsyncIterator[bytes] | None = None,
                          md5_state: hashlib._Hash | None = None,
-                         expected_md5: bytes | None = None,
                          size_max: int | None = None) -> ObjectInfo:
         """Spool to a temp file, store it whole as a backend blob, then append a small
         pointer record. A crash before the record leaves an orphan blob, never a
@@ -407,8 +403,6 @@ class Store:
             # an object uses. Its seq is taken only once the blob is stored, so the
             # record's seq orders it after every write submitted before it.
             blob = f"objects/{uuid.uuid4().hex}"
-            if expected_md5 is not None and expected_md5 != hasher.digest():
-                raise BadDigest(resource=key)
             await loop.run_in_executor(self.io_pool, self.backend.put_file, blob, spool)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -702,10 +696,9 @@ class Store:
         return self.multipart.create(bucket, key, meta)
 
     async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
-                          chunks: AsyncIterable[bytes], expected_md5: bytes | None = None
-                          ) -> Part:
+                          chunks: AsyncIterable[bytes]) -> Part:
         upload = self.multipart.get(upload_id, bucket, key)
-        return await self.multipart.upload_part(upload, part_number, chunks, expected_md5)
+        return await self.multipart.upload_part(upload, part_number, chunks)
 
     async def upload_part_copy(self, bucket: str, key: str, upload_id: str,
                                part_number: int, src_bucket: str, src_key: str,

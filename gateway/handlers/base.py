@@ -3,7 +3,6 @@ authenticated, with typed access to the store, the settings and the body."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from petrel.errors import InvalidRequest
 from petrel.store import Store
-from petrel_gateway.request import check_md5, content_md5
 from petrel_gateway.settings import GatewaySettings
 from petrel_gateway.xml import Owner
 
@@ -43,8 +42,22 @@ class Call:
     def body(self) -> AsyncIterator[bytes]:
         return self.body_reader(self.request)
 
-    def check_content_md5(self, body: bytes) -> None:
-        check_md5(content_md5(self.headers), hashlib.md5(body).hexdigest())
+    async def read_small_body(self) -> bytes:
+        """A small body (XML) through the same reader as object bodies, so its signed
+        hash, Content-MD5 and aws-chunked framing are checked; at most
+        `xml_body_bytes_max` bytes (InvalidRequest beyond)."""
+        limit = self.settings.xml_body_bytes_max
+        declared = self.request.content_length
+        if declared is not None and declared > limit:
+            raise InvalidRequest(f"request body over {limit} bytes")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in self.body():
+            size += len(piece)
+            if size > limit:
+                raise InvalidRequest(f"request body over {limit} bytes")
+            pieces.append(piece)
+        return b"".join(pieces)
 
 
 def xml_response(body: bytes, status: int = 200, **headers: Any) -> web.Response:

@@ -13,7 +13,6 @@ from petrel.errors import InvalidArgument
 from petrel.model import ListResult
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
-from petrel_gateway.request import read_limited
 
 
 async def list_buckets(call: Call) -> web.StreamResponse:
@@ -21,7 +20,7 @@ async def list_buckets(call: Call) -> web.StreamResponse:
 
 
 async def create_bucket(call: Call) -> web.StreamResponse:
-    body = await read_limited(call.request, call.settings.xml_body_bytes_max)
+    body = await call.read_small_body()
     xml.parse_create_bucket(body)  # validated; one region per gateway
     await call.store.create_bucket(call.bucket)
     return web.Response(status=200, headers={"Location": f"/{call.bucket}"})
@@ -113,8 +112,7 @@ async def list_object_versions(call: Call) -> web.StreamResponse:
 
 
 async def delete_objects(call: Call) -> web.StreamResponse:
-    body = await read_limited(call.request, call.settings.xml_body_bytes_max)
-    call.check_content_md5(body)
+    body = await call.read_small_body()
     keys, quiet = xml.parse_delete_objects(body, call.store.limits.batch_items_max)
     outcomes = await call.store.delete_objects(call.bucket, keys)
     deleted: list[str] = []

@@ -12,7 +12,7 @@ from petrel.multipart import Part, Upload
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
 from petrel_gateway.handlers.objects import copy_source_range, parse_copy_source
-from petrel_gateway.request import content_md5, read_limited, user_metadata
+from petrel_gateway.request import user_metadata
 
 
 def _add(parent: ET.Element, tag: str, text: str | int) -> None:
@@ -41,7 +41,7 @@ async def create_multipart_upload(call: Call) -> web.StreamResponse:
 async def upload_part(call: Call) -> web.StreamResponse:
     number = _int_param(call, "partNumber", 0, 1, 10_000)
     part = await call.store.upload_part(call.bucket, call.key, call.query["uploadId"], number,
-                                        call.body(), content_md5(call.headers))
+                                        call.body())
     return web.Response(status=200, headers={"ETag": xml.quoted_etag(part.etag)})
 
 
@@ -57,7 +57,7 @@ async def upload_part_copy(call: Call) -> web.StreamResponse:
 
 
 async def complete_multipart_upload(call: Call) -> web.StreamResponse:
-    body = await read_limited(call.request, call.settings.xml_body_bytes_max)
+    body = await call.read_small_body()
     parts = xml.parse_complete_multipart(body)
     info = await call.store.complete_multipart_upload(call.bucket, call.key,
                                                       call.query["uploadId"], parts)

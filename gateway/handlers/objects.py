@@ -23,7 +23,7 @@ from petrel.model import ByteRange, ObjectInfo
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
-from petrel_gateway.request import content_md5, parse_range, user_metadata
+from petrel_gateway.request import parse_range, user_metadata
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 _RESPONSE_OVERRIDES = {
@@ -53,8 +53,9 @@ async def put_object(call: Call) -> web.StreamResponse:
     declared = call.request.content_length
     if declared is None and "x-amz-decoded-content-length" not in call.headers:
         raise MissingContentLength()
-    info = await call.store.put_object_stream(call.bucket, call.key, call.body(), meta,
-                                              expected_md5=content_md5(call.headers))
+    # Content-MD5 and x-amz-checksum-* are checked by the body reader before its last
+    # chunk is handed over, so the store never commits a body that fails them.
+    info = await call.store.put_object_stream(call.bucket, call.key, call.body(), meta)
     return web.Response(status=200, headers={"ETag": xml.quoted_etag(info.etag)})
 
 
