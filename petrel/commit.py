@@ -74,7 +74,8 @@ class Committer:
     def __init__(self, *, config: StoreConfig, index: ix.Index, applier: Applier,
                  segment_dir: str, backend: Backend, io_pool: ThreadPoolExecutor,
                  seq: int, active: ActiveSegment | None,
-                 local: dict[int, ActiveSegment]) -> None:
+                 local: dict[int, ActiveSegment],
+                 rolled: list[ActiveSegment] | None = None) -> None:
         self.config = config
         self.index = index
         self.applier = applier
@@ -90,7 +91,9 @@ class Committer:
         self._group: list[fmt.FooterEntry] = []
         self._waiters: list[tuple[asyncio.Future[list[PetrelError | None]], int, int]] = []
         self._wakeup = asyncio.Event()
-        self._rolled: list[ActiveSegment] = []
+        # Segments that take no more records and are sealed once written (recovery
+        # hands over the ones a crash left unsealed).
+        self._rolled: list[ActiveSegment] = list(rolled or [])
         self._dir_sync_needed = False
         self._failed: BaseException | None = None
         self._closing = False
@@ -316,7 +319,7 @@ class Committer:
         delay = 0.1
         while True:
             try:
-                await loop.run_in_executor(self.io_pool, self._upload, name, segment.path,
+                await loop.run_in_executor(self.io_pool, self.upload, name, segment.path,
                                            result.size_bytes)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure: keep local, retry
@@ -335,7 +338,8 @@ class Committer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.path)
 
-    def _upload(self, name: str, path: str, size: int) -> None:
+    def upload(self, name: str, path: str, size: int) -> None:
+        """Store a sealed local segment in the backend and check its size there."""
         self.backend.put_file(name, path)
         stored = self.backend.size(name)
         if stored != size:

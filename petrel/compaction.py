@@ -147,7 +147,7 @@ class Compactor:
         try:
             copies = await self._copy(victim, output, path, keep)
             sealed = await loop.run_in_executor(store.io_pool, seal_file, path)
-            await loop.run_in_executor(store.io_pool, store.committer._upload,
+            await loop.run_in_executor(store.io_pool, store.committer.upload,
                                        fmt.segment_blob_name(output), path, sealed.size_bytes)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -118,8 +118,7 @@ class Store:
         self.committer = Committer(
             config=config, index=state.index, applier=state.applier,
             segment_dir=segment_dir(config.data_dir), backend=backend, io_pool=io_pool,
-            seq=state.seq, active=state.active, local=state.local)
-        self.committer._rolled.extend(state.rolled)
+            seq=state.seq, active=state.active, local=state.local, rolled=state.rolled)
         self.committer.on_orphans = self._delete_orphans_later
         self.open_report = state
         self.corruptions_detected = 0

@@ -558,13 +558,13 @@ def install_crash(store: Store, point: str) -> None:
     elif point == "copied":  # output file written, not sealed
         compaction.seal_file = die  # type: ignore[assignment]
     elif point == "uploaded":  # output blob uploaded, its row still says compacting
-        upload = store.committer._upload
+        upload = store.committer.upload
 
         def upload_then_die(name: str, path: str, size: int) -> None:
             upload(name, path, size)
             die()
 
-        store.committer._upload = upload_then_die  # type: ignore[method-assign]
+        store.committer.upload = upload_then_die  # type: ignore[method-assign]
     elif point == "sealed":  # output recorded as sealed, nothing switched
         compactor._switch = die_async
     elif point == "switching":  # two switch chunks written, the rest not
