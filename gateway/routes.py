@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from petrel.errors import NotImplementedOperation
-from petrel_gateway.handlers import buckets, multipart, objects
+from petrel_gateway.handlers import batch, buckets, multipart, objects
 from petrel_gateway.handlers.base import Call
 
 Operation = Callable[[Call], Awaitable[web.StreamResponse]]
@@ -67,6 +67,9 @@ ROUTES: list[Route] = [
     Route("PUT", BUCKET, buckets.create_bucket),
     Route("DELETE", BUCKET, buckets.delete_bucket),
     Route("POST", BUCKET, buckets.delete_objects, query=("delete",)),
+    # petrel's batch API (docs/wire.md), not part of S3.
+    Route("POST", BUCKET, batch.batch_get_objects, query=("batch-get",)),
+    Route("POST", BUCKET, batch.batch_put_objects, query=("batch-put",)),
     Route("PUT", OBJECT, objects.copy_object, header="x-amz-copy-source"),
     Route("PUT", OBJECT, objects.put_object),
     Route("GET", OBJECT, objects.get_object),

@@ -93,6 +93,14 @@ class TooManyItems(PetrelError):
 
 
 # ----- service ---------------------------------------------------------------------
+class MalformedBatch(PetrelError):
+    """A batch body that does not decode: bad header, checksum, framing or truncation
+    (docs/wire.md)."""
+
+    code, status = "MalformedBatch", 400
+    message = "The batch body is not a valid petrel batch stream."
+
+
 class InternalError(PetrelError):
     pass
 

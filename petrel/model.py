@@ -115,6 +115,11 @@ class GetResult:
         self._info: ObjectInfo | None = None
 
     @property
+    def entry(self) -> fmt.Entry | None:
+        """The index entry of a found object (size, ETag, mtime without decoding)."""
+        return self._entry
+
+    @property
     def info(self) -> ObjectInfo | None:
         if self._info is None and self._entry is not None:
             self._info = ObjectInfo.from_entry(self.item.bucket, self.item.key, self._entry)

@@ -46,8 +46,13 @@ class Call:
         """A small body (XML) through the same reader as object bodies, so its signed
         hash, Content-MD5 and aws-chunked framing are checked; at most
         `xml_body_bytes_max` bytes (InvalidRequest beyond)."""
-        limit = self.settings.xml_body_bytes_max
-        declared = self.request.content_length
+        return await self.read_body(self.settings.xml_body_bytes_max)
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body, verified as `body()` does, at most `limit` bytes: a declared
+        length over it is refused before a byte is read (InvalidRequest)."""
+        decoded = self.request.headers.get("x-amz-decoded-content-length", "")
+        declared = int(decoded) if decoded.isdigit() else self.request.content_length
         if declared is not None and declared > limit:
             raise InvalidRequest(f"request body over {limit} bytes")
         pieces: list[bytes] = []

@@ -1,0 +1,300 @@
+"""The batch wire format, version 1: framing of batch get and batch put bodies.
+
+One module encodes and decodes it for both sides (the gateway and `petrel.Client`), so
+the two cannot drift. The layout is specified in docs/wire.md; in short, a body is an
+8-byte stream header followed by frames, the last of which is an END frame:
+
+    stream header   magic b"PBAT" | version u8 | kind u8 | 2 zero bytes
+    frame header    checksum u64 | status u8 | flags u8 | key_len u16 | aux_len u32
+                    | data_len u64                     (24 bytes, little-endian)
+    frame body      key (UTF-8) | aux | data
+
+`checksum` is the xxh3-64 of everything after it in the frame (the other header fields,
+key, aux and data, contiguous), so a flipped bit anywhere in a frame is caught, status
+and lengths included, not only in its payload. The END frame carries the
+number of item frames before it: a stream cut short (a gateway killed mid-response) has
+no END frame and fails to decode; it is never passed off as a shorter batch.
+
+Decoding works on `memoryview` slices: a payload is copied once, out of the received
+buffer, when the caller asks for it as bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from enum import IntEnum
+from typing import NamedTuple
+
+import xxhash
+
+from petrel.errors import MalformedBatch
+
+MAGIC = b"PBAT"
+VERSION = 1
+CONTENT_TYPE = "application/x-petrel-batch"
+
+_STREAM = struct.Struct("<4sBBH")
+_CHECKSUM = struct.Struct("<Q")
+_FIELDS = struct.Struct("<BBHIQ")
+_RANGE = struct.Struct("<QQ")
+_COUNT = struct.Struct("<Q")
+_INFO = struct.Struct("<QQ")
+STREAM_HEADER_BYTES = _STREAM.size
+FRAME_HEADER_BYTES = _CHECKSUM.size + _FIELDS.size
+
+TO_END = (1 << 64) - 1  # a range length meaning "to the end of the object"
+KEY_BYTES_MAX = 0xFFFF
+_HASH_JOIN_MAX = 64 * 1024  # bodies up to this are hashed joined, larger ones streamed
+
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
+class Kind(IntEnum):
+    """What a stream carries; a decoder refuses a stream of another kind."""
+
+    GET_REQUEST = 1
+    GET_RESPONSE = 2
+    PUT_REQUEST = 3
+    PUT_RESPONSE = 4
+
+
+class Status(IntEnum):
+    OK = 0  # request items, found objects, stored objects
+    NOT_FOUND = 1
+    ERROR = 2
+    END = 255
+
+
+FLAG_RANGE = 0x01  # GET_REQUEST: aux is a byte range (start u64, length u64)
+
+
+class Frame(NamedTuple):
+    """One decoded frame; `aux` and `data` are views into the decoded buffer."""
+
+    status: Status
+    flags: int
+    key: str
+    aux: memoryview
+    data: memoryview
+
+
+class ItemInfo(NamedTuple):
+    """What a found object's GET_RESPONSE frame says about it (in `aux`)."""
+
+    size: int  # the whole object's size, whatever range was served
+    last_modified_ms: int
+    etag: str
+
+
+# ----- encoding --------------------------------------------------------------------
+def stream_header(kind: Kind) -> bytes:
+    return _STREAM.pack(MAGIC, VERSION, kind, 0)
+
+
+def _checksum(fields: bytes, key: bytes, aux: bytes, data: bytes | memoryview) -> int:
+    if len(data) <= _HASH_JOIN_MAX:
+        return _xxh3(b"".join((fields, key, aux, data)))
+    hasher = xxhash.xxh3_64()
+    hasher.update(fields)
+    hasher.update(key)
+    hasher.update(aux)
+    hasher.update(data)
+    return hasher.intdigest()
+
+
+def frame(status: Status, key: str, aux: bytes = b"", data: bytes | memoryview = b"",
+          flags: int = 0) -> list[bytes | memoryview]:
+    """The pieces of one frame (header, key, aux, data), for a writev-style join."""
+    raw_key = key.encode("utf-8", "surrogatepass")
+    if len(raw_key) > KEY_BYTES_MAX:
+        raise MalformedBatch(f"key of {len(raw_key)} bytes is over {KEY_BYTES_MAX}")
+    fields = _FIELDS.pack(status, flags, len(raw_key), len(aux), len(data))
+    return [_CHECKSUM.pack(_checksum(fields, raw_key, aux, data)) + fields, raw_key, aux, data]
+
+
+def end_frame(count: int) -> bytes:
+    rest = _FIELDS.pack(Status.END, 0, 0, _COUNT.size, 0) + _COUNT.pack(count)
+    return _CHECKSUM.pack(_xxh3(rest)) + rest
+
+
+def error_aux(code: str, message: str) -> bytes:
+    """The aux of a NOT_FOUND or ERROR frame: the S3 error code, a newline, a message."""
+    return f"{code}\n{message}".encode()
+
+
+def parse_error_aux(aux: memoryview | bytes) -> tuple[str, str]:
+    code, _, message = bytes(aux).decode("utf-8", "replace").partition("\n")
+    return code, message
+
+
+def info_aux(info: ItemInfo) -> bytes:
+    return _INFO.pack(info.size, info.last_modified_ms) + info.etag.encode("ascii")
+
+
+def parse_info_aux(aux: memoryview | bytes) -> ItemInfo:
+    if len(aux) < _INFO.size:
+        raise MalformedBatch("item info shorter than 16 bytes")
+    size, mtime = _INFO.unpack_from(aux)
+    return ItemInfo(size, mtime, bytes(aux[_INFO.size:]).decode("ascii", "replace"))
+
+
+def encode_get_request(items: Iterable[tuple[str, tuple[int, int | None] | None]]) -> bytes:
+    """A GET_REQUEST body: keys, each with an optional (start, length) byte range;
+    length None reads to the end of the object."""
+    pieces: list[bytes | memoryview] = [stream_header(Kind.GET_REQUEST)]
+    count = 0
+    for key, byte_range in items:
+        if byte_range is None:
+            pieces += frame(Status.OK, key)
+        else:
+            start, length = byte_range
+            if start < 0 or (length is not None and length < 0):
+                raise MalformedBatch(f"negative byte range for {key!r}")
+            aux = _RANGE.pack(start, TO_END if length is None else length)
+            pieces += frame(Status.OK, key, aux, flags=FLAG_RANGE)
+        count += 1
+    pieces.append(end_frame(count))
+    return b"".join(pieces)
+
+
+def encode_put_request(items: Iterable[tuple[str, bytes | memoryview, str]]) -> bytes:
+    """A PUT_REQUEST body: (key, data, content type) items; "" for the default type."""
+    pieces: list[bytes | memoryview] = [stream_header(Kind.PUT_REQUEST)]
+    count = 0
+    for key, data, content_type in items:
+        pieces += frame(Status.OK, key, content_type.encode(), data)
+        count += 1
+    pieces.append(end_frame(count))
+    return b"".join(pieces)
+
+
+# ----- decoding --------------------------------------------------------------------
+def decode(buffer: bytes | bytearray | memoryview, kind: Kind,
+           items_max: int | None = None) -> list[Frame]:
+    """Every item frame of a whole stream of `kind`, checked: header, each frame's
+    checksum, the END frame's count, nothing after END. Raises MalformedBatch."""
+    view = memoryview(buffer)
+    check_stream_header(view, kind)
+    frames: list[Frame] = []
+    position = STREAM_HEADER_BYTES
+    while True:
+        parsed = _frame_at(view, position)
+        if parsed is None:
+            raise MalformedBatch(f"batch stream truncated after {len(frames)} items")
+        item, position = parsed
+        if item.status is Status.END:
+            _check_end(item, len(frames))
+            if position != len(view):
+                raise MalformedBatch(f"{len(view) - position} bytes after the END frame")
+            return frames
+        if items_max is not None and len(frames) >= items_max:
+            raise MalformedBatch(f"more than {items_max} items in one batch")
+        frames.append(item)
+
+
+class StreamDecoder:
+    """Incremental decoding of a stream that arrives in chunks: `feed` returns the
+    frames completed so far, `finish` raises unless the END frame arrived."""
+
+    def __init__(self, kind: Kind) -> None:
+        self._kind = kind
+        self._pending = b""  # the start of a frame not yet complete
+        self._started = False
+        self._count = 0
+        self.done = False
+
+    def feed(self, chunk: bytes | memoryview) -> list[Frame]:
+        if self.done:
+            if len(chunk):
+                raise MalformedBatch("bytes after the END frame")
+            return []
+        # Frames handed out are views into immutable bytes: later chunks never move them.
+        view = memoryview(self._pending + bytes(chunk) if self._pending else bytes(chunk))
+        position = 0
+        if not self._started:
+            if len(view) < STREAM_HEADER_BYTES:
+                self._pending = bytes(view)
+                return []
+            check_stream_header(view, self._kind)
+            position = STREAM_HEADER_BYTES
+            self._started = True
+        frames: list[Frame] = []
+        while not self.done:
+            parsed = _frame_at(view, position)
+            if parsed is None:
+                break
+            item, position = parsed
+            if item.status is Status.END:
+                _check_end(item, self._count)
+                if position != len(view):
+                    raise MalformedBatch("bytes after the END frame")
+                self.done = True
+                break
+            self._count += 1
+            frames.append(item)
+        self._pending = bytes(view[position:])
+        return frames
+
+    def finish(self) -> None:
+        if not self.done:
+            raise MalformedBatch(f"batch stream truncated after {self._count} items")
+
+
+def check_stream_header(view: memoryview, kind: Kind) -> None:
+    if len(view) < STREAM_HEADER_BYTES:
+        raise MalformedBatch("batch stream shorter than its 8-byte header")
+    magic, version, got_kind, reserved = _STREAM.unpack_from(view)
+    if magic != MAGIC:
+        raise MalformedBatch("not a petrel batch stream (bad magic)")
+    if version != VERSION:
+        raise MalformedBatch(f"batch wire version {version} not supported (this is {VERSION})")
+    if got_kind != kind:
+        raise MalformedBatch(f"batch stream of kind {got_kind}, expected {int(kind)}")
+    if reserved:
+        raise MalformedBatch("reserved stream header bytes are not zero")
+
+
+def _frame_at(view: memoryview, position: int) -> tuple[Frame, int] | None:
+    """The frame at `position` and the position after it, or None when the buffer
+    ends first. Raises MalformedBatch for a frame that is complete but wrong."""
+    if len(view) - position < FRAME_HEADER_BYTES:
+        return None
+    (checksum,) = _CHECKSUM.unpack_from(view, position)
+    status, flags, key_len, aux_len, data_len = _FIELDS.unpack_from(view, position + 8)
+    body = position + FRAME_HEADER_BYTES
+    end = body + key_len + aux_len + data_len
+    if end > len(view):
+        return None
+    if _xxh3(view[position + 8 : end]) != checksum:
+        raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+    try:
+        status = Status(status)
+    except ValueError:
+        raise MalformedBatch(f"unknown frame status {status}") from None
+    try:
+        key = str(view[body : body + key_len], "utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBatch("batch item key is not valid UTF-8") from None
+    aux = view[body + key_len : body + key_len + aux_len]
+    return Frame(status, flags, key, aux, view[body + key_len + aux_len : end]), end
+
+
+def _check_end(item: Frame, count: int) -> None:
+    if item.key or len(item.data) or len(item.aux) != _COUNT.size:
+        raise MalformedBatch("malformed END frame")
+    (declared,) = _COUNT.unpack(item.aux)
+    if declared != count:
+        raise MalformedBatch(f"END frame counts {declared} items, stream has {count}")
+
+
+def frame_range(item: Frame) -> tuple[int, int | None] | None:
+    """A GET_REQUEST frame's byte range as (start, length or None), or None."""
+    if not item.flags & FLAG_RANGE:
+        if len(item.aux):
+            raise MalformedBatch(f"unexpected aux bytes on {item.key!r}")
+        return None
+    if len(item.aux) != _RANGE.size:
+        raise MalformedBatch(f"byte range of {item.key!r} is not 16 bytes")
+    start, length = _RANGE.unpack(item.aux)
+    return start, None if length == TO_END else length
