@@ -12,6 +12,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "serve": ("petrel.cli.serve", "run the S3 gateway"),
     "fsck": ("petrel.cli.fsck", "verify segments; rebuild the index from segments"),
+    "bench": ("petrel.cli.bench", "measure ops/s, MB/s and latency of any S3 endpoint"),
 }
 
 
