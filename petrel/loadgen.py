@@ -30,7 +30,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -481,6 +481,55 @@ def run_plan(target: Target, plan: Plan,
                 worker.kill()
                 worker.join()
     return merged
+
+
+# ----- setup and cleanup -------------------------------------------------------------
+def sequential(target: Target, plan: Plan, mode: Mode) -> None:
+    """Every key of `plan` once, in order: write them (PUT) or remove them (DELETE).
+    Raises RuntimeError if any request failed."""
+    phase = replace(plan, mode=mode, sequential=True, duration_s=None, ops=plan.objects,
+                    warmup_s=0.0)
+    tally = run_plan(target, phase)
+    failed = sum(tally.errors.values())
+    if failed:
+        kinds = ", ".join(f"{k} x{n}" for k, n in tally.errors.most_common())
+        raise RuntimeError(f"{mode.value} of the bench objects failed {failed} times ({kinds})")
+
+
+def signed_request(target: Target, method: str, path: str, query: str = "") -> tuple[int, bytes]:
+    """One signed request without a body on a fresh connection: (status, body)."""
+    signer = sigv4.Signer(target.access_key, target.secret_key, target.region)
+    raw_path = sigv4.encode_path(path)
+    headers = signer.sign(method, raw_path, query, {"Host": target.host_header},
+                          hashlib.sha256(b"").hexdigest())
+
+    async def once() -> tuple[int, bytes]:
+        host, port = target.host_port
+        connection = Connection(host, port, target.host_header)
+        try:
+            return await connection.request(method, raw_path + (f"?{query}" if query else ""),
+                                            headers)
+        finally:
+            connection.close()
+
+    return asyncio.run(once())
+
+
+def ensure_bucket(target: Target, bucket: str) -> bool:
+    """Create the bucket; True if this run created it."""
+    status, body = signed_request(target, "PUT", f"/{bucket}")
+    if status == 200:
+        return True
+    if status == 409 and (b"BucketAlreadyOwnedByYou" in body or b"BucketAlreadyExists" in body):
+        return False
+    raise RuntimeError(f"cannot create bucket {bucket}: HTTP {status} "
+                       f"{body[:300].decode('utf-8', 'replace')}")
+
+
+def delete_bucket(target: Target, bucket: str) -> None:
+    status, _ = signed_request(target, "DELETE", f"/{bucket}")
+    if status not in (204, 200):
+        raise RuntimeError(f"cannot delete bucket {bucket}: HTTP {status}")
 
 
 def percentile(sorted_values: array[float] | list[float], fraction: float) -> float:

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-from dataclasses import replace
 from typing import Any
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
@@ -140,12 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
     created = ready = False
     try:
-        created = _ensure_bucket(target, args.bucket)
+        created = loadgen.ensure_bucket(target, args.bucket)
         ready = True
         if mode is not Mode.PUT and mode is not Mode.BATCH_PUT and not args.no_prepare:
             say(f"preparing {args.objects} objects of {_size_text(size_min, size_max)} "
                 f"in {args.bucket}/{args.prefix} ...")
-            _sequential(target, plan, Mode.PUT)
+            loadgen.sequential(target, plan, Mode.PUT)
         live = None if args.quiet or args.json else _live_line
         tally = loadgen.run_plan(target, plan, live)
         if live is not None:
@@ -156,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if ready and not args.keep:
             try:
-                _sequential(target, plan, Mode.DELETE)
+                loadgen.sequential(target, plan, Mode.DELETE)
                 if created:
-                    _delete_bucket(target, args.bucket)
+                    loadgen.delete_bucket(target, args.bucket)
             except (RuntimeError, OSError, loadgen.RequestFailed) as exc:
                 print(f"petrel bench: cleanup failed: {exc}", file=sys.stderr)
     report = _report(args, plan, tally)
@@ -167,59 +166,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(report))
     return 0 if tally.ops > 0 else 1
-
-
-def _sequential(target: Any, plan: Any, mode: Any) -> None:
-    """Every key once, in order (prepare with PUT, clean up with DELETE)."""
-    from petrel import loadgen
-
-    phase = replace(plan, mode=mode, sequential=True, duration_s=None, ops=plan.objects,
-                    warmup_s=0.0)
-    tally = loadgen.run_plan(target, phase)
-    failed = sum(tally.errors.values())
-    if failed:
-        kinds = ", ".join(f"{k} x{n}" for k, n in tally.errors.most_common())
-        raise RuntimeError(f"{mode.value} of the bench objects failed {failed} times ({kinds})")
-
-
-def _signed_request(target: Any, method: str, path: str, query: str = "") -> tuple[int, bytes]:
-    import asyncio
-    import hashlib
-
-    from petrel import loadgen, sigv4
-
-    signer = sigv4.Signer(target.access_key, target.secret_key, target.region)
-    raw_path = sigv4.encode_path(path)
-    headers = signer.sign(method, raw_path, query, {"Host": target.host_header},
-                          hashlib.sha256(b"").hexdigest())
-
-    async def once() -> tuple[int, bytes]:
-        host, port = target.host_port
-        connection = loadgen.Connection(host, port, target.host_header)
-        try:
-            return await connection.request(method, raw_path + (f"?{query}" if query else ""),
-                                            headers)
-        finally:
-            connection.close()
-
-    return asyncio.run(once())
-
-
-def _ensure_bucket(target: Any, bucket: str) -> bool:
-    """Create the bucket; True if this run created it."""
-    status, body = _signed_request(target, "PUT", f"/{bucket}")
-    if status == 200:
-        return True
-    if status == 409 and (b"BucketAlreadyOwnedByYou" in body or b"BucketAlreadyExists" in body):
-        return False
-    raise RuntimeError(f"cannot create bucket {bucket}: HTTP {status} "
-                       f"{body[:300].decode('utf-8', 'replace')}")
-
-
-def _delete_bucket(target: Any, bucket: str) -> None:
-    status, _ = _signed_request(target, "DELETE", f"/{bucket}")
-    if status not in (204, 200):
-        raise RuntimeError(f"cannot delete bucket {bucket}: HTTP {status}")
 
 
 def _live_line(progress: Any) -> None:
