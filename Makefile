@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck bench-engine bench-s3 clean
+.PHONY: serve test lint typecheck bench bench-engine bench-s3 clean
 
 DATA ?= ./data
 PORT ?= 9000
@@ -34,6 +34,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	mkdir -p .mypy_path && ln -sfn ../gateway .mypy_path/petrel_gateway
 	MYPYPATH=.mypy_path $(VENV)/bin/mypy petrel .mypy_path/petrel_gateway
+
+# petrel beside SeaweedFS, Redis and local files in one run: bench/results/<date>.md + .png
+bench: $(STAMP)
+	sh bench/setup.sh $(VENV)
+	$(PY) -m bench
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine

