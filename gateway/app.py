@@ -28,8 +28,9 @@ from petrel.errors import (
 )
 from petrel.settings import StoreConfig
 from petrel.store import Store
+from petrel_gateway import admin
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
-from petrel_gateway.context import OPERATION, REQUEST_ID
+from petrel_gateway.context import OPERATION, REQUEST_ID, SETTINGS, STORE
 from petrel_gateway.errors import Handler as Handler
 from petrel_gateway.errors import error_response, s3_errors
 from petrel_gateway.handlers.base import Call
@@ -57,8 +58,6 @@ class RequestIds:
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
 
-STORE = web.AppKey("petrel.store", Store)
-SETTINGS = web.AppKey("petrel.settings", GatewaySettings)
 METRICS = web.AppKey("petrel.metrics", Metrics)
 INFLIGHT = web.AppKey("petrel.inflight", Inflight)
 REQUEST_IDS = web.AppKey("petrel.request_ids", RequestIds)
@@ -92,6 +91,7 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
     app.on_response_prepare.append(_stamp_response)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/metrics", metrics)
+    admin.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from aiohttp import web
+
+from petrel.store import Store
+from petrel_gateway.settings import GatewaySettings
+
 REQUEST_ID = "petrel.request_id"
 ACCESS_KEY = "petrel.access_key"
 OPERATION = "petrel.operation"
+
+# On the app: the open store and the settings (set up in petrel_gateway.app.build_app).
+STORE = web.AppKey("petrel.store", Store)
+SETTINGS = web.AppKey("petrel.settings", GatewaySettings)

@@ -30,6 +30,10 @@ class _StoreCollector(Collector):
             ("petrel_dead_bytes", stats.dead_bytes, "Bytes of overwritten or deleted records."),
             ("petrel_corruptions_detected", stats.corruptions_detected,
              "Records that failed their checksum since start."),
+            ("petrel_segments_retired", stats.retired_segments,
+             "Compacted segments waiting out the delete grace period."),
+            ("petrel_retired_bytes", stats.retired_bytes,
+             "Bytes of compacted segments waiting out the delete grace period."),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
 

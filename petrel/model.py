@@ -148,3 +148,6 @@ class StoreStats:
     live_bytes: int
     dead_bytes: int
     corruptions_detected: int
+    # Compacted segments waiting out the delete grace period (not in the counts above).
+    retired_segments: int = 0
+    retired_bytes: int = 0

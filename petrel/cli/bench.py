@@ -18,6 +18,8 @@ import re
 import sys
 from typing import Any
 
+from petrel.cli.endpoint import add_endpoint_arguments, target_from_args
+
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
@@ -57,15 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qps", action="store_true",
                         help="measure requests per second (the only measurement; accepted "
                              "for compatibility with `petrel bench --qps` scripts)")
-    where = parser.add_argument_group("endpoint")
-    where.add_argument("--endpoint", default=os.environ.get("PETREL_ENDPOINT"),
-                       help="http://HOST:PORT of any S3 endpoint (env PETREL_ENDPOINT; "
-                            "default: host_base of the cluster in ~/petreloss.conf)")
-    where.add_argument("--access-key", default=os.environ.get("PETREL_ACCESS_KEY"))
-    where.add_argument("--secret-key", default=os.environ.get("PETREL_SECRET_KEY"))
-    where.add_argument("--region", default="us-east-1")
-    where.add_argument("--conf", help="petreloss.conf to take the endpoint and keys from")
-    where.add_argument("--cluster", help="cluster section of petreloss.conf")
+    add_endpoint_arguments(parser)
     load = parser.add_argument_group("workload")
     load.add_argument("--mode", choices=MODES, default="get")
     load.add_argument("--bucket", default="petrel-bench")
@@ -96,20 +90,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="the objects already exist (from an earlier --keep run)")
 
 
-def _target(args: argparse.Namespace) -> Any:
-    from petrel.loadgen import Target
-
-    endpoint, access, secret = args.endpoint, args.access_key, args.secret_key
-    if args.conf or args.cluster or not (endpoint and access and secret):
-        from petrel.client import load_cluster
-
-        cluster = load_cluster(args.conf, args.cluster)
-        endpoint = endpoint or cluster.host_base
-        access = access or cluster.access_key
-        secret = secret or cluster.secret_key
-    return Target(endpoint.rstrip("/"), access, secret, args.region)
-
-
 def run(args: argparse.Namespace) -> int:
     from petrel import loadgen
     from petrel.loadgen import Mode, Plan
@@ -119,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        target = _target(args)
-        target.host_port  # noqa: B018 - validates the endpoint
+        target = target_from_args(args)
     except (ValueError, OSError, KeyError) as exc:
         print(f"petrel bench: {exc}", file=sys.stderr)
         return 2

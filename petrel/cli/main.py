@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "serve": ("petrel.cli.serve", "run the S3 gateway"),
     "fsck": ("petrel.cli.fsck", "verify segments; rebuild the index from segments"),
     "bench": ("petrel.cli.bench", "measure ops/s, MB/s and latency of any S3 endpoint"),
+    "stats": ("petrel.cli.stats", "objects, bytes, segments, dead bytes of a gateway"),
+    "compact": ("petrel.cli.compact", "compact a running gateway's segments now"),
 }
 
 
