@@ -23,15 +23,14 @@ Canonicalisation follows S3, not the generic SigV4 rules: the path is percent-de
 encoded once (never twice, never dot-normalised); query names and values are decoded
 (`+` is a space, as aiohttp decodes it for the handlers), encoded, and sorted, with
 `name=` for empty values; header values are trimmed with inner whitespace runs collapsed
-(as botocore does); the payload hash is the x-amz-content-sha256 value.
+(as botocore does); the payload hash is the x-amz-content-sha256 value. That code lives
+in `petrel.sigv4`, shared with the client's signer; this module parses and checks claims.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
-import hmac
 import re
 import time
 from collections import OrderedDict
@@ -40,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+from petrel import sigv4
 from petrel.errors import (
     AccessDenied,
     AuthorizationHeaderMalformed,
@@ -54,10 +53,20 @@ from petrel.errors import (
     SignatureDoesNotMatch,
 )
 
-ALGORITHM = "AWS4-HMAC-SHA256"
-SERVICE = "s3"
-TERMINATOR = "aws4_request"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# The primitives the client signs with live in petrel.sigv4; they are re-exported here
+# (`name as name`) for gateway/chunked.py and the tests that import them from this module.
+from petrel.sigv4 import ALGORITHM as ALGORITHM
+from petrel.sigv4 import EMPTY_SHA256 as EMPTY_SHA256
+from petrel.sigv4 import SERVICE as SERVICE
+from petrel.sigv4 import TERMINATOR as TERMINATOR
+from petrel.sigv4 import canonical_query as canonical_query
+from petrel.sigv4 import canonical_request as canonical_request
+from petrel.sigv4 import canonical_uri as canonical_uri
+from petrel.sigv4 import collect_headers as collect_headers
+from petrel.sigv4 import derive_signing_key as derive_signing_key
+from petrel.sigv4 import parse_query as parse_query
+from petrel.sigv4 import sign as sign
+from petrel.sigv4 import signatures_equal as signatures_equal
 
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -203,24 +212,7 @@ class _Claim:
         return f"{self.day}/{self.region}/{SERVICE}/{TERMINATOR}"
 
 
-# ----- signing primitives (shared with gateway/chunked.py) -----------------------------
-def _hmac(key: bytes, message: str | bytes) -> bytes:
-    data = message.encode() if isinstance(message, str) else message
-    return hmac.new(key, data, hashlib.sha256).digest()
-
-
-def derive_signing_key(secret: str, day: str, region: str) -> bytes:
-    """kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, day), region), "s3"), "aws4_request")."""
-    key = _hmac(("AWS4" + secret).encode(), day)
-    for part in (region, SERVICE, TERMINATOR):
-        key = _hmac(key, part)
-    return key
-
-
-def sign(signing_key: bytes, string_to_sign: str) -> str:
-    return hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-
-
+# ----- chunk signatures (shared with gateway/chunked.py) ---------------------------------
 def chunk_signature(signing: ChunkSigning, previous: str, chunk_sha256_hex: str) -> str:
     """The signature of one aws-chunked chunk, chained from `previous`."""
     string_to_sign = "\n".join(
@@ -251,11 +243,6 @@ def trailer_signature(signing: ChunkSigning, previous: str, canonical_trailers: 
     return sign(signing.signing_key, string_to_sign)
 
 
-def signatures_equal(expected: str, claimed: str) -> bool:
-    """Constant-time comparison of two hex signatures."""
-    return hmac.compare_digest(expected.encode(), claimed.encode())
-
-
 class SigningKeyCache:
     """Derived signing keys per (secret, day, region), least recently used evicted first;
     counts its hits and misses. Not shared between verifiers; not thread-safe (the
@@ -284,112 +271,6 @@ class SigningKeyCache:
         if len(self._keys) > self._entries_max:
             self._keys.popitem(last=False)
         return key
-
-
-# ----- canonical request -----------------------------------------------------------------
-def _wire_bytes(text: str) -> bytes:
-    # aiohttp decodes header and URL bytes as UTF-8 with surrogateescape; this undoes it.
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate that no wire byte decodes to
-        raise InvalidRequest("The request contains characters that are not valid.") from None
-
-
-_PLAIN = {"": re.compile(rb"[A-Za-z0-9._~-]*"), "/": re.compile(rb"[A-Za-z0-9._~/-]*")}
-
-
-def _s3_encode(raw: bytes, safe: str) -> str:
-    # RFC 3986 unreserved characters stay, everything else is %XX with uppercase hex.
-    # Most names and values need no escaping: one regex match instead of quoting.
-    plain = _PLAIN.get(safe)
-    if plain is not None and plain.fullmatch(raw):
-        return raw.decode("ascii")
-    return quote_from_bytes(raw, safe=safe)
-
-
-def canonical_uri(raw_path: str) -> str:
-    """S3's canonical URI: decode once, encode once, keep '/' (no dot-segment folding)."""
-    if not raw_path:
-        return "/"
-    return _s3_encode(unquote_to_bytes(_wire_bytes(raw_path)), safe="/")
-
-
-def _unquote_part(text: str) -> bytes:
-    if "%" not in text and "+" not in text:  # most names and many values: no decoding
-        return _wire_bytes(text)
-    return unquote_to_bytes(_wire_bytes(text.replace("+", " ")))
-
-
-@functools.lru_cache(maxsize=64)
-def _query_pairs_cached(raw_query: str) -> tuple[tuple[bytes, bytes], ...]:
-    pairs = []
-    for part in raw_query.split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            pairs.append((_unquote_part(name), _unquote_part(value)))
-    return tuple(pairs)
-
-
-def _query_pairs(raw_query: str) -> tuple[tuple[bytes, bytes], ...]:
-    # verify() parses the same query twice (claim, canonical query): the small cache
-    # makes the second parse free; entries are immutable tuples.
-    return _query_pairs_cached(raw_query)
-
-
-def parse_query(raw_query: str) -> list[tuple[str, str]]:
-    """Decoded (name, value) pairs in wire order, as the signature covers them."""
-    return [
-        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, value in _query_pairs(raw_query)
-    ]
-
-
-def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
-    """Sorted "name=value" pairs joined by '&'; `drop` names a parameter left out."""
-    encoded = sorted(
-        (_s3_encode(name, safe=""), _s3_encode(value, safe=""))
-        for name, value in _query_pairs(raw_query)
-        if drop is None or name != drop.encode()
-    )
-    return "&".join(f"{name}={value}" for name, value in encoded)
-
-
-def collect_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """Lowercase name -> values in arrival order. Accepts a multidict's `.items()` (or the
-    multidict itself) so repeated headers are all seen."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    collected: dict[str, list[str]] = {}
-    for name, value in pairs:
-        collected.setdefault(name.lower(), []).append(value)
-    return collected
-
-
-def _canonical_header_value(values: list[str]) -> str:
-    return ",".join(" ".join(value.split()) for value in values)
-
-
-def canonical_request(
-    method: str,
-    raw_path: str,
-    canonical_query_string: str,
-    headers: dict[str, list[str]],
-    signed_headers: tuple[str, ...],
-    payload_hash: str,
-) -> bytes:
-    lines = [method.upper(), canonical_uri(raw_path), canonical_query_string]
-    for name in signed_headers:
-        values = headers.get(name)
-        if values is None:
-            raise SignatureDoesNotMatch(f"Signed header {name!r} is not present.")
-        lines.append(f"{name}:{_canonical_header_value(values)}")
-    lines += ["", ";".join(signed_headers), payload_hash]
-    return _wire_bytes("\n".join(lines))
-
-
-def string_to_sign(claim: _Claim, canonical: bytes) -> str:
-    return "\n".join(
-        (ALGORITHM, claim.amz_date, claim.scope, hashlib.sha256(canonical).hexdigest())
-    )
 
 
 # ----- parsing what the request claims -----------------------------------------------------
@@ -647,7 +528,7 @@ class SigV4Verifier:
             claim.signed_headers,
             claim.payload_hash,
         )
-        expected = sign(signing_key, string_to_sign(claim, canonical))
+        expected = sign(signing_key, sigv4.string_to_sign(claim.amz_date, claim.scope, canonical))
         if not signatures_equal(expected, claim.signature):
             raise SignatureDoesNotMatch()
         return self._result(claim, signing_key)

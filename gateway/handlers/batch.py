@@ -114,11 +114,11 @@ async def batch_put_objects(call: Call) -> web.StreamResponse:
                              ObjectMeta(content_type, ())))
     results = await call.store.put_objects(items)
     pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.PUT_RESPONSE)]
-    for item, result in zip(items, results, strict=True):
+    for put, result in zip(items, results, strict=True):
         if isinstance(result, ObjectInfo):
-            pieces += wire.frame(wire.Status.OK, item.key, result.etag.encode("ascii"))
+            pieces += wire.frame(wire.Status.OK, put.key, result.etag.encode("ascii"))
         else:
-            pieces += wire.frame(wire.Status.ERROR, item.key,
+            pieces += wire.frame(wire.Status.ERROR, put.key,
                                  wire.error_aux(result.code, result.detail))
     pieces.append(wire.end_frame(len(items)))
     return web.Response(status=200, body=b"".join(pieces),
