@@ -30,11 +30,12 @@ from petrel.settings import StoreConfig
 from petrel.store import Store
 from petrel_gateway import admin
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
-from petrel_gateway.context import OPERATION, REQUEST_ID, SETTINGS, STORE
+from petrel_gateway.context import OPERATION, QOS, REQUEST_ID, SETTINGS, STORE
 from petrel_gateway.errors import Handler as Handler
 from petrel_gateway.errors import error_response, s3_errors
 from petrel_gateway.handlers.base import Call
 from petrel_gateway.metrics import Metrics
+from petrel_gateway.qos import Qos
 from petrel_gateway.request import resolve_target
 from petrel_gateway.routes import BUCKET, OBJECT, SERVICE, UNSUPPORTED_SUBRESOURCES, find_route
 from petrel_gateway.settings import GatewaySettings
@@ -74,6 +75,7 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
         },
     )
     app[SETTINGS] = settings
+    app[QOS] = Qos(settings.qos)
     app[INFLIGHT] = Inflight()
     app[REQUEST_IDS] = RequestIds()
     app[VERIFIER] = make_verifier(settings)
@@ -81,7 +83,9 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(store_config)
         app[STORE] = store
-        app[METRICS] = Metrics(store.stats)
+        metrics = app[METRICS] = Metrics(store.stats)
+        app[QOS].on_throttle = metrics.throttle
+        metrics.watch_qos(lambda: app[QOS].config)
         log.info("store open at %s", store_config.data_dir)
         yield
         await store.close()
@@ -188,10 +192,17 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 bucket=target.bucket or "", key=target.key or "",
                 owner=Owner(identity.owner_id, identity.owner_id),
                 body_reader=identity.body_reader)
+    admission = request.app[QOS].admit(identity.access_key, target.bucket,
+                                       request.content_length or 0)
+    sent = 0
     try:
-        return await route.handler(call)
+        response = await route.handler(call)
+        sent = response.body_length if response.prepared else response.content_length or 0
+        return response
     except PetrelError as exc:
         if exc.resource is None:
             exc.resource = f"/{target.bucket}/{target.key}" if target.key else \
                 f"/{target.bucket or ''}"
         raise
+    finally:
+        admission.done(sent)

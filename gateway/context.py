@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from petrel.store import Store
+from petrel_gateway.qos import Qos
 from petrel_gateway.settings import GatewaySettings
 
 REQUEST_ID = "petrel.request_id"
@@ -14,3 +15,5 @@ OPERATION = "petrel.operation"
 # On the app: the open store and the settings (set up in petrel_gateway.app.build_app).
 STORE = web.AppKey("petrel.store", Store)
 SETTINGS = web.AppKey("petrel.settings", GatewaySettings)
+# The QoS state (limits replaceable while running: Qos.configure).
+QOS = web.AppKey("petrel.qos", Qos)

@@ -43,6 +43,8 @@ def error_response(request: web.Request, error: PetrelError) -> web.Response:
     request_id = request.get(REQUEST_ID, "")
     resource = error.resource or request.path
     headers = {"Content-Type": "application/xml"}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
     if request.method == "HEAD":  # HEAD responses carry no body
         return web.Response(status=error.status, headers=headers)
     body = error_xml(error.code, error.detail, resource, request_id)

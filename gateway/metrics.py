@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from petrel.model import StoreStats
+from petrel_gateway.qos import QosConfig
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                       2.5, 5.0, 10.0, 30.0)
@@ -38,6 +39,29 @@ class _StoreCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=value)
 
 
+class _QosCollector(Collector):
+    """The QoS limits in force (they change when the config file is reloaded)."""
+
+    def __init__(self, config: Callable[[], QosConfig]) -> None:
+        self._config = config
+
+    def collect(self) -> Iterator[Metric]:
+        config = self._config()
+        family = GaugeMetricFamily("petrel_qos_limit",
+                                   "QoS limits in force (0 = unlimited); name * is the "
+                                   "default for keys or buckets not named in the config.",
+                                   labels=["scope", "name", "kind"])
+        subjects = [("key", "*", config.key_default), ("bucket", "*", config.bucket_default)]
+        subjects += [("key", name, limit) for name, limit in sorted(config.keys.items())]
+        subjects += [("bucket", name, limit) for name, limit in sorted(config.buckets.items())]
+        for scope, name, limit in subjects:
+            family.add_metric([scope, name, "requests_per_s"], limit.requests_per_s)
+            family.add_metric([scope, name, "bytes_per_s"], limit.bytes_per_s)
+            if scope == "key":
+                family.add_metric([scope, name, "inflight_max"], limit.inflight_max)
+        yield family
+
+
 class Metrics:
     def __init__(self, stats: Callable[[], StoreStats]) -> None:
         self.registry = CollectorRegistry()
@@ -50,6 +74,9 @@ class Metrics:
                                 registry=self.registry)
         self.bytes_out = Counter("petrel_bytes_sent", "Response body bytes sent.",
                                  registry=self.registry)
+        self.throttled = Counter("petrel_qos_throttled",
+                                 "Requests refused 503 SlowDown by a QoS limit.",
+                                 ["scope", "name", "reason"], registry=self.registry)
         self.registry.register(_StoreCollector(stats))
         self._counters: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
@@ -70,6 +97,14 @@ class Metrics:
             self.bytes_in.inc(bytes_in)
         if bytes_out:
             self.bytes_out.inc(bytes_out)
+
+    def throttle(self, scope: str, name: str, reason: str) -> None:
+        """A request refused by QoS: `scope` key or bucket, `name` the configured key or
+        bucket ("*" for those under the defaults), `reason` requests, bytes, inflight."""
+        self.throttled.labels(scope, name, reason).inc()
+
+    def watch_qos(self, config: Callable[[], QosConfig]) -> None:
+        self.registry.register(_QosCollector(config))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from petrel.limits import KiB, MiB
 from petrel_gateway.auth import Credentials
+from petrel_gateway.qos import QosConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +36,6 @@ class GatewaySettings:
     body_idle_timeout_s: float = 60.0
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_drain_s: float = 30.0
+    # Per access key and per bucket rate limits ([qos] in the config file); none by
+    # default. See petrel_gateway.qos.
+    qos: QosConfig = field(default_factory=QosConfig)

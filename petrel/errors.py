@@ -15,6 +15,8 @@ class PetrelError(Exception):
     code: str = "InternalError"
     status: int = 500
     message: str = "We encountered an internal error. Please try again."
+    # Seconds a client should wait before retrying (the Retry-After header), if any.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str | None = None, *, resource: str | None = None) -> None:
         self.detail = message or self.message
@@ -111,6 +113,7 @@ class ServiceUnavailable(PetrelError):
 
 class SlowDown(PetrelError):
     code, status, message = "SlowDown", 503, "Please reduce your request rate."
+    retry_after_s = 1
 
 
 class StoreClosed(ServiceUnavailable):
