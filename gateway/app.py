@@ -86,6 +86,11 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
         metrics = app[METRICS] = Metrics(store.stats)
         app[QOS].on_throttle = metrics.throttle
         metrics.watch_qos(lambda: app[QOS].config)
+        metrics.watch_runtime(
+            lambda: app[INFLIGHT].count, store_config.data_dir,
+            lambda: (store.committer.upload_backlog_bytes(),
+                     store.config.upload_backlog_bytes_max),
+            lambda: store.corruptions_detected)
         log.info("store open at %s", store_config.data_dir)
         yield
         await store.close()
@@ -93,6 +98,7 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
 
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(_stamp_response)
+    app.router.add_get("/livez", livez, allow_head=True)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/metrics", metrics)
     admin.add_routes(app)
@@ -119,6 +125,9 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
 async def inflight_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     inflight = request.app[INFLIGHT]
     if inflight.draining or inflight.count >= request.app[SETTINGS].inflight_requests_max:
+        if METRICS in request.app:
+            reason = "draining" if inflight.draining else "inflight_limit"
+            request.app[METRICS].rejected.labels(reason).inc()
         response = error_response(request, SlowDown())
         if inflight.draining:
             response.force_close()
@@ -136,7 +145,9 @@ async def observed(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     operation = request.get(OPERATION)
     if operation is not None and METRICS in request.app:
-        sent = response.body_length if response.prepared else 0
+        # A handler's web.Response is sent after the middlewares return: count its
+        # declared length; a streamed response has sent its body already.
+        sent = response.body_length if response.prepared else response.content_length or 0
         request.app[METRICS].observe(operation, response.status,
                                      time.perf_counter() - started,
                                      request.content_length or 0, sent)
@@ -157,6 +168,15 @@ def _is_probe(request: web.Request) -> bool:
     """/healthz and /metrics are served to unsigned GETs without a query; a signed
     request to those paths addresses a bucket of that name."""
     return "Authorization" not in request.headers and not request.query_string
+
+
+async def livez(request: web.Request) -> web.StreamResponse:
+    """Liveness: the process answers (the event loop runs). Unlike /healthz it stays
+    200 while the store refuses writes (a backend outage filling the upload backlog),
+    so an orchestrator does not restart a gateway that is waiting on its backend."""
+    if not _is_probe(request):
+        return await dispatch(request)
+    return web.Response(text="ok\n")
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -3,10 +3,17 @@ docs/operations.md lists every metric."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from petrel.model import StoreStats
@@ -37,6 +44,42 @@ class _StoreCollector(Collector):
              "Bytes of compacted segments waiting out the delete grace period."),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+
+class _RuntimeCollector(Collector):
+    """What changes under the gateway: requests in flight, the data directory's free
+    space, the backlog of sealed segments waiting for their upload to the backend."""
+
+    def __init__(self, inflight: Callable[[], int], data_dir: str,
+                 backlog: Callable[[], tuple[int, int]],
+                 corruptions: Callable[[], int]) -> None:
+        self._inflight, self._data_dir = inflight, data_dir
+        self._backlog, self._corruptions = backlog, corruptions
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("petrel_inflight_requests", "Requests being served.",
+                                value=self._inflight())
+        try:
+            stat = os.statvfs(self._data_dir)
+        except OSError:
+            pass
+        else:
+            yield GaugeMetricFamily("petrel_data_dir_available_bytes",
+                                    "Bytes available to petrel on the data directory's "
+                                    "filesystem.", value=stat.f_bavail * stat.f_frsize)
+            yield GaugeMetricFamily("petrel_data_dir_size_bytes",
+                                    "Size of the data directory's filesystem.",
+                                    value=stat.f_blocks * stat.f_frsize)
+        backlog, backlog_max = self._backlog()
+        yield GaugeMetricFamily("petrel_upload_backlog_bytes",
+                                "Bytes of sealed segments not yet verified in the backend.",
+                                value=backlog)
+        yield GaugeMetricFamily("petrel_upload_backlog_bytes_max",
+                                "The backlog at which writes are refused 503 SlowDown.",
+                                value=backlog_max)
+        yield CounterMetricFamily("petrel_corruptions",
+                                  "Records that failed their checksum on read (a counter: "
+                                  "resets with the process).", value=self._corruptions())
 
 
 class _QosCollector(Collector):
@@ -74,6 +117,11 @@ class Metrics:
                                 registry=self.registry)
         self.bytes_out = Counter("petrel_bytes_sent", "Response body bytes sent.",
                                  registry=self.registry)
+        self.rejected = Counter("petrel_requests_rejected",
+                                "Requests answered 503 before routing: over the in-flight "
+                                "limit, or while draining for shutdown.", ["reason"],
+                                registry=self.registry)
+        ProcessCollector(registry=self.registry)
         self.throttled = Counter("petrel_qos_throttled",
                                  "Requests refused 503 SlowDown by a QoS limit.",
                                  ["scope", "name", "reason"], registry=self.registry)
@@ -102,6 +150,11 @@ class Metrics:
         """A request refused by QoS: `scope` key or bucket, `name` the configured key or
         bucket ("*" for those under the defaults), `reason` requests, bytes, inflight."""
         self.throttled.labels(scope, name, reason).inc()
+
+    def watch_runtime(self, inflight: Callable[[], int], data_dir: str,
+                      backlog: Callable[[], tuple[int, int]],
+                      corruptions: Callable[[], int]) -> None:
+        self.registry.register(_RuntimeCollector(inflight, data_dir, backlog, corruptions))
 
     def watch_qos(self, config: Callable[[], QosConfig]) -> None:
         self.registry.register(_QosCollector(config))
