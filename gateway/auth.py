@@ -497,6 +497,16 @@ class SigV4Verifier:
         self._clock = clock or time.time
         self.signing_keys = SigningKeyCache(self._limits.signing_key_cache_entries_max)
 
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    def set_credentials(self, credentials: Credentials) -> None:
+        """Replace the valid key pairs (key rotation without a restart). A request
+        verified from now on uses the new set; cached signing keys are per secret, so a
+        removed secret's keys are simply never looked up again."""
+        self._credentials = credentials
+
     def verify(
         self,
         method: str,

@@ -11,6 +11,11 @@ while a commit is in flight share the next one: that is group commit.
 An fsync failure is not retried (the page cache may have dropped the dirty pages): the
 committer stops accepting writes and the store must be reopened, which replays the
 segment tails from the index's watermark.
+
+A sealed segment's upload that fails is retried with backoff, for ever, and its local
+copy is kept (and served) until an upload is verified. Writes go on meanwhile, into new
+local segments, until the bytes waiting for upload reach `upload_backlog_bytes_max`;
+then they fail with 503 SlowDown until the backend is back and uploads catch up.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from petrel import index as ix
 from petrel.apply import Applier
 from petrel.backends.base import Backend
 from petrel.backends.local import fsync_dir
-from petrel.errors import InternalError, PetrelError, ServiceUnavailable, StoreClosed
+from petrel.errors import InternalError, PetrelError, ServiceUnavailable, SlowDown, StoreClosed
 from petrel.segments import ActiveSegment, local_segment_path, seal_file
 from petrel.settings import Durability, StoreConfig
 
@@ -101,6 +106,9 @@ class Committer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._seals: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
+        # Upload outcomes (metrics, tests): verified uploads, and failed attempts.
+        self.uploads_done = 0
+        self.upload_failures = 0
         self.on_orphans: Callable[[list[tuple[bytes, fmt.Location]]], None] = \
             lambda records: None
 
@@ -124,7 +132,10 @@ class Committer:
             await self._runner
         if seal and self.active is not None and self.active.tail > fmt.SEGMENT_HEADER_BYTES:
             segment, self.active = self.active, None
-            await self._seal(segment)
+            # Bounded: with the backend down the segment stays local, sealed, and the
+            # next open uploads it (recovery hands sealed local segments back).
+            deadline = time.monotonic() + self.config.close_upload_timeout_s
+            await self._seal(segment, retry_until=deadline)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -135,11 +146,22 @@ class Committer:
             segment.close()
 
     def check_writable(self) -> None:
+        """Raise if a write cannot be taken now: StoreClosed, ServiceUnavailable after a
+        failed fsync, SlowDown while the upload backlog is full."""
         if self._closing:
             raise StoreClosed()
         if self._failed is not None:
             raise ServiceUnavailable("a write to disk failed; the store is read-only "
                                      f"until it is reopened ({self._failed})")
+        backlog = self.upload_backlog_bytes()
+        if backlog >= self.config.upload_backlog_bytes_max:
+            raise SlowDown(f"{backlog} bytes of segments are waiting for upload to the "
+                           f"backend (limit {self.config.upload_backlog_bytes_max}); "
+                           "retry later")
+
+    def upload_backlog_bytes(self) -> int:
+        """Bytes of segments on local disk that are not (yet) in the backend."""
+        return sum(segment.tail for segment in self.local.values())
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -307,26 +329,23 @@ class Committer:
                 self._roll()
                 self._seal_rolled()
 
-    async def _seal(self, segment: ActiveSegment) -> None:
+    async def _seal(self, segment: ActiveSegment, *, retry_until: float | None = None
+                    ) -> None:
         """Footer, fsync, upload, verify, record in the index; then drop the local copy.
-        An upload that fails is retried with backoff; the local copy stays meanwhile."""
+        An upload that fails is retried with backoff (until `retry_until`, a monotonic
+        time, if given); the local copy stays meanwhile, and for good if it never
+        succeeds (the segment is then uploaded by the next open)."""
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.io_pool, seal_file, segment.path)
         if result.corrupt_ranges:
             log.error("segment %x sealed with corrupt ranges skipped: %s",
                       segment.segment_id, result.corrupt_ranges)
         name = fmt.segment_blob_name(segment.segment_id)
-        delay = 0.1
-        while True:
-            try:
-                await loop.run_in_executor(self.io_pool, self.upload, name, segment.path,
-                                           result.size_bytes)
-                break
-            except Exception as exc:  # noqa: BLE001 - any failure: keep local, retry
-                log.warning("upload of segment %x failed (retry in %.1fs): %s",
-                            segment.segment_id, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        if not await self._upload_with_retries(segment, name, result.size_bytes,
+                                               retry_until):
+            log.warning("segment %x not uploaded before close; it stays on local disk "
+                        "and is uploaded when the store is next opened", segment.segment_id)
+            return
         row = self.applier.segments.get(segment.segment_id)
         if row is not None:
             row = replace(row, state=fmt.SEGMENT_SEALED, flags=fmt.SEGMENT_UPLOADED,
@@ -337,6 +356,31 @@ class Committer:
         segment.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.path)
+
+    async def _upload_with_retries(self, segment: ActiveSegment, name: str, size: int,
+                                   retry_until: float | None) -> bool:
+        """Upload until one succeeds (True) or `retry_until` passes (False). The delay
+        between attempts doubles from upload_retry_delay_s_min to _max."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.upload_retry_delay_s_min
+        while True:
+            try:
+                await loop.run_in_executor(self.io_pool, self.upload, name, segment.path,
+                                           size)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep local, retry
+                self.upload_failures += 1
+                if retry_until is not None and time.monotonic() + delay > retry_until:
+                    log.error("upload of segment %x failed, giving up for now: %s",
+                              segment.segment_id, exc)
+                    return False
+                log.warning("upload of segment %x failed (retry in %.1fs, %d bytes wait "
+                            "for upload): %s", segment.segment_id, delay,
+                            self.upload_backlog_bytes(), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.upload_retry_delay_s_max)
+                continue
+            self.uploads_done += 1
+            return True
 
     def upload(self, name: str, path: str, size: int) -> None:
         """Store a sealed local segment in the backend and check its size there."""

@@ -99,7 +99,10 @@ class Compactor:
                   and r.dead_fraction >= threshold and r.segment_id not in self.failed]
         return [r.segment_id for r in sorted(chosen, key=lambda r: -r.dead_fraction)]
 
-    async def run_once(self, dead_fraction: float | None = None) -> list[CompactionReport]:
+    async def run_once(self, dead_fraction: float | None = None,
+                       bytes_per_s: int | None = None) -> list[CompactionReport]:
+        """Compact every candidate now (`dead_fraction` and `bytes_per_s` override the
+        configured threshold and copy rate for this round: `petrel compact`)."""
         reports = []
         for segment_id in self.candidates(dead_fraction):
             async with self._lock:
@@ -109,7 +112,7 @@ class Compactor:
                 if row is None or row.state != fmt.SEGMENT_SEALED:
                     continue
                 try:
-                    reports.append(await self._compact(segment_id))
+                    reports.append(await self._compact(segment_id, bytes_per_s))
                 except Exception:
                     # Left as it is (still readable); retried after a restart, when
                     # `petrel fsck` may have been run on it.
@@ -122,7 +125,8 @@ class Compactor:
             return await self._compact(victim)
 
     # ----- one segment -------------------------------------------------------------
-    async def _compact(self, victim: int) -> CompactionReport:
+    async def _compact(self, victim: int, bytes_per_s: int | None = None
+                       ) -> CompactionReport:
         started = time.monotonic()
         store = self.store
         loop = asyncio.get_running_loop()
@@ -145,7 +149,7 @@ class Compactor:
         store.kv.write([ix.segment_op(out_row), *store.applier.apply([]).ops], sync=True)
         path = local_segment_path(os.path.join(self.config.data_dir, "segments"), output)
         try:
-            copies = await self._copy(victim, output, path, keep)
+            copies = await self._copy(victim, output, path, keep, bytes_per_s)
             sealed = await loop.run_in_executor(store.io_pool, seal_file, path)
             await loop.run_in_executor(store.io_pool, store.committer.upload,
                                        fmt.segment_blob_name(output), path, sealed.size_bytes)
@@ -214,8 +218,10 @@ class Compactor:
         return keep
 
     async def _copy(self, victim: int, output: int, path: str,
-                    keep: list[fmt.FooterEntry]) -> list[_Copy]:
+                    keep: list[fmt.FooterEntry], bytes_per_s: int | None = None
+                    ) -> list[_Copy]:
         store = self.store
+        rate = bytes_per_s or self.config.compaction_bytes_per_s
         loop = asyncio.get_running_loop()
         name = fmt.segment_blob_name(victim)
         wants = [_Want(i, item.entry, item.key) for i, item in enumerate(keep)]
@@ -243,8 +249,8 @@ class Compactor:
                     copies.append(_Copy(keep[want.position].key, old, new))
                     offset += old.location.length
                 copied += run.end - run.start
-                # Rate limit: never copy faster than compaction_bytes_per_s on average.
-                ahead = copied / self.config.compaction_bytes_per_s - (
+                # Rate limit: never copy faster than `rate` on average.
+                ahead = copied / rate - (
                     time.monotonic() - budget_started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)

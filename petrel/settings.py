@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from petrel.limits import Limits, MiB
+from petrel.limits import GiB, Limits, MiB
 
 
 class Durability(StrEnum):
@@ -21,6 +21,70 @@ class Durability(StrEnum):
     ALWAYS = "always"
     BATCH = "batch"
     NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class S3BackendConfig:
+    """Where an S3 backend keeps its blobs, and how it talks to the store.
+
+    Blob `name` is stored under key `prefix + name` in `bucket`. `endpoint_url` None
+    means AWS (the region's endpoint). Credentials None fall back to the AWS SDK's own
+    chain (environment, shared files, instance roles).
+    """
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    # Path-style URLs (http://host/bucket/key): what SeaweedFS, MinIO and most
+    # self-hosted stores expect; virtual-hosted style (http://bucket.host/key) is AWS's.
+    path_style: bool = False
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    # Blobs larger than this are uploaded in parts of `multipart_part_bytes` (S3: parts
+    # of 5 MiB..5 GiB, at most 10000 of them); one part is held in memory at a time.
+    multipart_threshold_bytes: int = 64 * MiB
+    multipart_part_bytes: int = 16 * MiB
+    # HTTP connections kept to the store; raised to the store's io_threads if lower.
+    connections_max: int = 16
+    # One request is tried at most this often (connection errors, 5xx, SlowDown), with
+    # exponential backoff and jitter in between; then the operation fails.
+    request_attempts_max: int = 4
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    # Compare the ETag the store returns with the MD5 computed here. Stores that do not
+    # return MD5 ETags (AWS with SSE-KMS) need it off; sizes are checked regardless.
+    verify_etag: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.bucket or "/" in self.bucket:
+            raise ValueError(f"invalid S3 bucket name {self.bucket!r}")
+        if self.prefix.startswith("/") or "//" in self.prefix:
+            raise ValueError(f"invalid S3 key prefix {self.prefix!r}")
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("S3 access key and secret key must be given together")
+        if not 5 * MiB <= self.multipart_part_bytes <= 5 * GiB:
+            raise ValueError("multipart_part_bytes must be in [5 MiB, 5 GiB] (S3's bounds)")
+        if self.multipart_threshold_bytes < 1 or self.multipart_threshold_bytes > 5 * GiB:
+            raise ValueError("multipart_threshold_bytes must be in [1, 5 GiB]")
+        if self.connections_max < 1 or self.request_attempts_max < 1:
+            raise ValueError("connections_max and request_attempts_max must be >= 1")
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("S3 timeouts must be > 0")
+
+    @property
+    def key_prefix(self) -> str:
+        """`prefix` with exactly one trailing slash ("" for none)."""
+        return self.prefix.rstrip("/") + "/" if self.prefix.strip("/") else ""
+
+    @classmethod
+    def from_url(cls, url: str, **settings: object) -> S3BackendConfig:
+        """From ``s3://BUCKET`` or ``s3://BUCKET/PREFIX``; raises ValueError."""
+        scheme, sep, rest = url.partition("://")
+        if scheme != "s3" or not sep:
+            raise ValueError(f"backend URL must look like s3://BUCKET/PREFIX, got {url!r}")
+        bucket, _, prefix = rest.partition("/")
+        return cls(bucket=bucket, prefix=prefix, **settings)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +118,25 @@ class StoreConfig:
     index_cache_bytes: int = 256 * MiB
     # Worker threads for blocking backend I/O (uploads, remote reads).
     io_threads: int = 4
+    # Where sealed segments and large objects go: None for a local directory under
+    # data_dir (`blobs/`), or an S3 store.
+    backend: S3BackendConfig | None = None
+    # On-disk LRU cache of sealed segments' bytes read from a remote backend (under
+    # data_dir/cache, emptied on open), in blocks of `read_cache_block_bytes`: a miss
+    # reads whole blocks. 0 turns it off; a local-directory backend never uses it.
+    read_cache_bytes_max: int = 8 * GiB
+    read_cache_block_bytes: int = 1 * MiB
+    # Bytes of segments on local disk that are not yet in the backend (the active
+    # segment, and sealed ones waiting for their upload). Past it, writes fail with
+    # 503 SlowDown until uploads catch up: what a backend outage may pile up locally.
+    upload_backlog_bytes_max: int = 4 * GiB
+    # A failed upload is retried after a delay doubling from min to max, for ever; the
+    # local copy stays until an upload is verified.
+    upload_retry_delay_s_min: float = 0.1
+    upload_retry_delay_s_max: float = 30.0
+    # On close, how long uploads of the last segments are retried before the store
+    # stops anyway (they stay on local disk and are uploaded by the next open).
+    close_upload_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.compaction_dead_fraction <= 1.0:
@@ -64,3 +147,14 @@ class StoreConfig:
             raise ValueError("compaction_bytes_per_s must be at least 64 KiB/s")
         if self.io_threads < 1 or self.open_files_max < 1:
             raise ValueError("io_threads and open_files_max must be >= 1")
+        if self.upload_backlog_bytes_max < 2 * self.limits.segment_bytes_max:
+            # The active segment and one being uploaded must fit, or writes would be
+            # refused in normal operation.
+            raise ValueError("upload_backlog_bytes_max must be >= 2 * segment_bytes_max")
+        if self.read_cache_bytes_max and not (
+                4096 <= self.read_cache_block_bytes <= self.read_cache_bytes_max):
+            raise ValueError("read_cache_block_bytes must be in [4096, read_cache_bytes_max]")
+        if not 0 < self.upload_retry_delay_s_min <= self.upload_retry_delay_s_max:
+            raise ValueError("upload retry delays must satisfy 0 < min <= max")
+        if self.close_upload_timeout_s < 0:
+            raise ValueError("close_upload_timeout_s must be >= 0")

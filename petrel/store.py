@@ -28,10 +28,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from petrel import format as fmt
 from petrel import index as ix
 from petrel.backends.base import Backend
+from petrel.backends.factory import open_backend
 from petrel.backends.local import LocalBackend
 from petrel.commit import Committer, Pending, make_pending
 from petrel.errors import (
@@ -64,6 +66,9 @@ from petrel.multipart import Multipart, Part, Upload
 from petrel.recovery import OpenState, open_state, segment_dir
 from petrel.segments import SealedFiles
 from petrel.settings import StoreConfig
+
+if TYPE_CHECKING:
+    from petrel.compaction import CompactionReport
 
 log = logging.getLogger("petrel.store")
 
@@ -135,14 +140,14 @@ class Store:
     @classmethod
     async def open(cls, config: StoreConfig, backend: Backend | None = None) -> Store:
         """Open (or create) the store under `config.data_dir`, recovering from a crash
-        first. The default backend is a local directory, `<data_dir>/blobs`."""
+        first. The default backend is the one `config.backend` names: a local directory,
+        `<data_dir>/blobs`, when it is None."""
         os.makedirs(config.data_dir, exist_ok=True)
         tmp = os.path.join(config.data_dir, "tmp")
         shutil_rmtree(tmp)
         os.makedirs(tmp, exist_ok=True)
         if backend is None:
-            backend = LocalBackend(os.path.join(config.data_dir, "blobs"),
-                                   open_files_max=config.open_files_max)
+            backend = open_backend(config)
         loop = asyncio.get_running_loop()
         io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="petrel-io")
         state = await loop.run_in_executor(io_pool, open_state, config, backend)
@@ -735,7 +740,10 @@ class Store:
 
     # ----- stats -------------------------------------------------------------------
     def stats(self) -> StoreStats:
-        rows = self.applier.segments.values()
+        # Compacted segments wait out a grace period before deletion: counted apart, so
+        # `dead_bytes` is what compaction could still reclaim.
+        rows = [r for r in self.applier.segments.values() if r.state != fmt.SEGMENT_DEAD]
+        retired = [r for r in self.applier.segments.values() if r.state == fmt.SEGMENT_DEAD]
         return StoreStats(
             buckets=len(self.applier.buckets),
             objects=self.applier.object_count,
@@ -744,7 +752,21 @@ class Store:
             live_bytes=sum(r.live_bytes for r in rows),
             dead_bytes=sum(r.dead_bytes for r in rows),
             corruptions_detected=self.corruptions_detected,
+            retired_segments=len(retired),
+            retired_bytes=sum(r.live_bytes + r.dead_bytes for r in retired),
         )
+
+    async def compact(self, *, dead_fraction: float | None = None,
+                      bytes_per_s: int | None = None) -> list[CompactionReport]:
+        """Compact now every sealed segment at least `dead_fraction` dead (default: the
+        configured threshold), copying at most `bytes_per_s` (default: configured).
+        Shares the background compactor's lock, so the two never work at once."""
+        from petrel.compaction import Compactor
+
+        compactor = self.compactor
+        if not isinstance(compactor, Compactor):
+            compactor = self.compactor = Compactor(self)  # not started: no background loop
+        return await compactor.run_once(dead_fraction, bytes_per_s)
 
     async def flush(self) -> None:
         """Wait until every write submitted so far is committed (tests, shutdown)."""

@@ -2,7 +2,14 @@
 `--rebuild-index`, rebuild the index from the segments alone.
 
 Run it with the gateway stopped: it opens the data directory directly. Exit status 0
-when everything checks out, 1 when corruption was found, 2 on a usage error.
+when everything checks out, 1 when corruption was found, 2 on a usage error or when
+the backend cannot be read.
+
+The backend is named as for `petrel serve`: --backend s3://BUCKET/PREFIX with
+--backend-endpoint, --backend-region, --backend-path-style, or a --config file's
+[backend] section, credentials from PETREL_BACKEND_ACCESS_KEY/_SECRET_KEY or the file.
+With an S3 backend and a lost local disk, `--rebuild-index` on an empty (or new) data
+directory rebuilds the index of everything sealed from the bucket alone.
 """
 
 from __future__ import annotations
@@ -12,13 +19,22 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from petrel.backends.base import Backend
+    from petrel.settings import StoreConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from petrel.cli.serve import add_backend_arguments
+
     parser.add_argument("--data", required=True, help="data directory")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="replace the index with one rebuilt from segments")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--config", help="TOML configuration file (its [backend] section)")
+    add_backend_arguments(parser)
 
 
 @dataclass
@@ -31,16 +47,14 @@ class FsckReport:
     rebuilt_objects: int | None = None
 
 
-def verify(data_dir: str) -> FsckReport:
+def verify(data_dir: str, backend: Backend) -> FsckReport:
     """Scan every local and backend segment, decoding and checksumming every record."""
     from petrel import format as fmt
-    from petrel.backends.local import LocalBackend
     from petrel.errors import CorruptionError
     from petrel.recovery import segment_dir
     from petrel.segments import list_local_segments, local_segment_path, scan_file, scan_records
 
     report = FsckReport()
-    backend = LocalBackend(os.path.join(data_dir, "blobs"))
     local_dir = segment_dir(data_dir)
     local_ids = set(list_local_segments(local_dir)) if os.path.isdir(local_dir) else set()
     for local_id in sorted(local_ids):
@@ -74,23 +88,47 @@ def verify(data_dir: str) -> FsckReport:
         report.records += len(result.records)
         report.bytes_checked += size
         report.corrupt_ranges += [(name, a, b) for a, b in result.corrupt_ranges]
-    backend.close()
     return report
 
 
+def backend_config(args: argparse.Namespace) -> StoreConfig:
+    """A StoreConfig naming the backend that the flags, environment and --config give
+    (raises ConfigError)."""
+    from petrel.cli.serve import build_backend, load_options
+    from petrel.settings import StoreConfig
+
+    options = load_options(args, dict(os.environ))
+    # No read cache: fsck reads every segment once.
+    return StoreConfig(data_dir=os.path.abspath(args.data), backend=build_backend(options),
+                       read_cache_bytes_max=0)
+
+
 def run(args: argparse.Namespace) -> int:
-    from petrel.backends.local import LocalBackend
+    from petrel.backends.factory import open_backend
+    from petrel.cli.serve import ConfigError
+    from petrel.errors import BackendError
     from petrel.recovery import rebuild_index
 
-    if not os.path.isdir(args.data):
-        print(f"petrel fsck: no data directory {args.data}", file=sys.stderr)
+    try:
+        config = backend_config(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"petrel fsck: configuration error: {exc}", file=sys.stderr)
         return 2
-    report = verify(args.data)
-    if args.rebuild_index:
-        backend = LocalBackend(os.path.join(args.data, "blobs"))
-        rebuilt = rebuild_index(args.data, backend)
+    if not os.path.isdir(args.data):
+        if config.backend is None or not args.rebuild_index:
+            print(f"petrel fsck: no data directory {args.data}", file=sys.stderr)
+            return 2
+        os.makedirs(args.data)  # the local disk was lost: rebuild from the bucket
+    backend = open_backend(config)
+    try:
+        report = verify(args.data, backend)
+        if args.rebuild_index:
+            report.rebuilt_objects = rebuild_index(args.data, backend).objects
+    except BackendError as exc:
+        print(f"petrel fsck: the backend failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
         backend.close()
-        report.rebuilt_objects = rebuilt.objects
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:

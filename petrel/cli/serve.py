@@ -7,8 +7,19 @@ or a bad value stops the start with a message naming it.
     [server]            host, port, region, virtual_host_domains, inflight_requests_max,
                         log_level, body_idle_timeout_s, shutdown_drain_s
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
-                        compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s
+                        compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
+                        object_bytes_max, io_threads, upload_backlog_bytes_max,
+                        upload_retry_delay_s_max, close_upload_timeout_s,
+                        read_cache_bytes_max, read_cache_block_bytes
     [auth]              access_key, secret_key, credentials_file, public_read_buckets
+    [backend]           url (s3://BUCKET/PREFIX; none: a local directory under data),
+                        endpoint, region, path_style, access_key, secret_key
+
+Environment variables are PETREL_<KEY> (PETREL_PORT, PETREL_SEAL_IDLE_S, ...), and
+PETREL_BACKEND_<KEY> for the [backend] section (PETREL_BACKEND_URL,
+PETREL_BACKEND_ACCESS_KEY, PETREL_BACKEND_SECRET_KEY, ...). The backend's credentials
+are read from the environment or the file only, never from flags (a command line is
+visible to every user of the machine).
 
 Credentials: --access-key/--secret-key (or PETREL_ACCESS_KEY/PETREL_SECRET_KEY), and/or a
 credentials file of `ACCESS_KEY:SECRET_KEY` lines (several pairs may be valid at once).
@@ -37,10 +48,18 @@ SCHEMA: dict[str, dict[str, type]] = {
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
-              "object_bytes_max": int},
+              "object_bytes_max": int, "io_threads": int, "upload_backlog_bytes_max": int,
+              "upload_retry_delay_s_max": float, "close_upload_timeout_s": float,
+              "read_cache_bytes_max": int, "read_cache_block_bytes": int},
     "auth": {"access_key": str, "secret_key": str, "credentials_file": str,
              "public_read_buckets": list},
+    "backend": {"url": str, "endpoint": str, "region": str, "path_style": bool,
+                "access_key": str, "secret_key": str},
 }
+# Environment variable prefix per section: [backend] access_key is
+# PETREL_BACKEND_ACCESS_KEY, not PETREL_ACCESS_KEY (the gateway's own key).
+ENV_SECTION_PREFIX = {"backend": ENV_PREFIX + "BACKEND_"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class ConfigError(Exception):
@@ -70,6 +89,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secret-key", help="secret key (or PETREL_SECRET_KEY)")
     parser.add_argument("--credentials-file", help="file of ACCESS_KEY:SECRET_KEY lines")
     parser.add_argument("--log-level", help="debug, info, warning (default info)")
+    add_backend_arguments(parser)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The backend flags, shared with `petrel fsck`."""
+    parser.add_argument("--backend", metavar="s3://BUCKET/PREFIX",
+                        help="store sealed segments and large objects in this S3 bucket "
+                             "(default: a local directory under --data)")
+    parser.add_argument("--backend-endpoint", metavar="URL",
+                        help="S3 endpoint URL of the backend (default: AWS)")
+    parser.add_argument("--backend-region", help="region of the backend (default us-east-1)")
+    parser.add_argument("--backend-path-style", action=argparse.BooleanOptionalAction,
+                        default=None, help="path-style URLs (SeaweedFS, MinIO, Ceph)")
 
 
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
@@ -84,6 +116,13 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
                 from exc
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is bool:
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {section}.{key} must be true or false, "
+                              f"got {value!r}")
+        return value
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ConfigError(f"{source}: {section}.{key} must be {expected.__name__}, "
                           f"got {value!r}")
@@ -107,19 +146,52 @@ def load_options(args: argparse.Namespace, environ: dict[str, str]) -> ServeOpti
                 options.set(section, key, _coerce(section, key, value, args.config))
     for section, keys in SCHEMA.items():
         for key in keys:
-            name = ENV_PREFIX + key.upper()
+            name = ENV_SECTION_PREFIX.get(section, ENV_PREFIX) + key.upper()
             if name in environ:
                 options.set(section, key, _coerce(section, key, environ[name], name))
-    flags = {("store", "data"): args.data, ("server", "host"): args.host,
-             ("server", "port"): args.port, ("server", "region"): args.region,
-             ("store", "durability"): args.durability,
-             ("auth", "access_key"): args.access_key, ("auth", "secret_key"): args.secret_key,
-             ("auth", "credentials_file"): args.credentials_file,
-             ("server", "log_level"): args.log_level}
-    for (section, key), value in flags.items():
+    # `petrel fsck` shares this loader with fewer flags: absent ones are skipped.
+    flags = {("store", "data"): "data", ("server", "host"): "host",
+             ("server", "port"): "port", ("server", "region"): "region",
+             ("store", "durability"): "durability",
+             ("auth", "access_key"): "access_key", ("auth", "secret_key"): "secret_key",
+             ("auth", "credentials_file"): "credentials_file",
+             ("server", "log_level"): "log_level", ("backend", "url"): "backend",
+             ("backend", "endpoint"): "backend_endpoint",
+             ("backend", "region"): "backend_region",
+             ("backend", "path_style"): "backend_path_style"}
+    for (section, key), attribute in flags.items():
+        value = getattr(args, attribute, None)
         if value is not None:
             options.set(section, key, value)
     return options
+
+
+def build_backend(options: ServeOptions) -> Any:
+    """The S3BackendConfig that [backend] describes, or None (a local directory).
+    Raises ConfigError."""
+    from petrel.settings import S3BackendConfig
+
+    url = options.get("backend", "url")
+    others = [k for k in SCHEMA["backend"] if k != "url"
+              and options.get("backend", k) is not None]
+    if not url:
+        if others:
+            raise ConfigError(f"backend.{others[0]} is set but no backend URL "
+                              "(--backend s3://BUCKET/PREFIX)")
+        return None
+    settings: dict[str, Any] = {
+        "endpoint_url": options.get("backend", "endpoint"),
+        "access_key": options.get("backend", "access_key"),
+        "secret_key": options.get("backend", "secret_key"),
+    }
+    if options.get("backend", "region") is not None:
+        settings["region"] = options.get("backend", "region")
+    if options.get("backend", "path_style") is not None:
+        settings["path_style"] = options.get("backend", "path_style")
+    try:
+        return S3BackendConfig.from_url(url, **settings)
+    except ValueError as exc:
+        raise ConfigError(f"backend: {exc}") from exc
 
 
 def read_credentials_file(path: str) -> list[tuple[str, str]]:
@@ -190,12 +262,16 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
                     ("pack_threshold_bytes", "segment_bytes_max", "object_bytes_max")
                     if options.get("store", k) is not None}
     store_fields = {k: options.get("store", k) for k in
-                    ("compaction_dead_fraction", "compaction_bytes_per_s", "seal_idle_s")
+                    ("compaction_dead_fraction", "compaction_bytes_per_s", "seal_idle_s",
+                     "io_threads", "upload_backlog_bytes_max", "upload_retry_delay_s_max",
+                     "close_upload_timeout_s", "read_cache_bytes_max",
+                     "read_cache_block_bytes")
                     if options.get("store", k) is not None}
+    backend = build_backend(options)
     try:
         limits = Limits(**limit_fields)
         store_config = StoreConfig(data_dir=os.path.abspath(data_dir), durability=durability,
-                                   limits=limits, **store_fields)
+                                   limits=limits, backend=backend, **store_fields)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     port = options.get("server", "port", 9000)
@@ -270,9 +346,12 @@ async def _serve(settings: Any, store_config: Any) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    backend = store_config.backend
+    where = "local" if backend is None else \
+        f"s3://{backend.bucket}/{backend.key_prefix} at {backend.endpoint_url or 'AWS'}"
     print(f"petrel: serving S3 on http://{settings.host}:{settings.port} "
-          f"(data {store_config.data_dir}, durability {store_config.durability.value})",
-          flush=True)
+          f"(data {store_config.data_dir}, durability {store_config.durability.value}, "
+          f"backend {where})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,151 @@
+"""CachedBackend: the conformance suite over it (a cache must not change what a backend
+promises: replaced and deleted blobs are never served stale, reads never mix versions),
+and the cache itself: bounded in bytes, LRU, counted, one inner read per missing run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("conformance")
+
+from conformance import BackendConformance, blob_bytes  # noqa: E402
+
+from petrel.backends.base import Backend  # noqa: E402
+from petrel.backends.cache import CachedBackend  # noqa: E402
+from petrel.backends.local import LocalBackend  # noqa: E402
+from petrel.errors import BlobNotFound, InvalidArgument  # noqa: E402
+
+BLOCK = 4096
+
+
+class TestCachedBackendConformance(BackendConformance):
+    """Every blob cached, in small blocks, so reads span several of them."""
+
+    large_blob_bytes = 1024 * 1024
+
+    def make_backend(self, tmp_path: Path) -> Backend:
+        return CachedBackend(LocalBackend(str(tmp_path / "blobs")), str(tmp_path / "cache"),
+                             bytes_max=64 * BLOCK, block_bytes=BLOCK, prefixes=("",))
+
+
+class CountingBackend(LocalBackend):
+    """A real local backend that records the ranged reads it serves."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reads: list[tuple[str, int, int]] = []
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        self.reads.append((name, offset, length))
+        return super().get_range(name, offset, length)
+
+
+@pytest.fixture
+def inner(tmp_path: Path) -> Iterator[CountingBackend]:
+    backend = CountingBackend(str(tmp_path / "blobs"))
+    yield backend
+    backend.close()
+
+
+def cache_over(inner: Backend, tmp_path: Path, blocks_max: int) -> CachedBackend:
+    return CachedBackend(inner, str(tmp_path / "cache"), bytes_max=blocks_max * BLOCK,
+                         block_bytes=BLOCK)
+
+
+def test_hits_misses_and_one_read_per_missing_run(inner: CountingBackend,
+                                                  tmp_path: Path) -> None:
+    data = blob_bytes(1, 10 * BLOCK + 100)
+    inner.put_bytes("segments/1", data)
+    cache = cache_over(inner, tmp_path, 100)
+    assert cache.get_range("segments/1", BLOCK + 10, 50) == data[BLOCK + 10 : BLOCK + 60]
+    assert inner.reads == [("segments/1", BLOCK, BLOCK)]  # the whole block
+    assert cache.get_range("segments/1", BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
+    assert len(inner.reads) == 1
+    # Blocks 0..5 with 1 cached: two runs missing (0, and 2..5): two reads.
+    assert cache.get_range("segments/1", 0, 6 * BLOCK) == data[: 6 * BLOCK]
+    assert inner.reads[1:] == [("segments/1", 0, BLOCK), ("segments/1", 2 * BLOCK, 4 * BLOCK)]
+    # The short last block: read up to the blob's end, not past it.
+    assert cache.get_range("segments/1", 10 * BLOCK, 100) == data[10 * BLOCK :]
+    assert inner.reads[-1] == ("segments/1", 10 * BLOCK, 100)
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.fetches) == (2, 7, 4)
+    assert stats.bytes_fetched == 6 * BLOCK + 100
+    assert stats.bytes_cached == 6 * BLOCK + 100 and stats.blocks_cached == 7
+
+
+def test_bounded_in_bytes_least_recently_used_first(inner: CountingBackend,
+                                                   tmp_path: Path) -> None:
+    data = blob_bytes(2, 8 * BLOCK)
+    inner.put_bytes("segments/1", data)
+    cache = cache_over(inner, tmp_path, 4)
+    for block in range(4):
+        cache.get_range("segments/1", block * BLOCK, 1)
+    cache.get_range("segments/1", 0, 1)  # block 0 is now the most recently used
+    cache.get_range("segments/1", 4 * BLOCK, 1)  # evicts block 1, the least recent
+    stats = cache.stats()
+    assert stats.evictions == 1 and stats.bytes_cached == 4 * BLOCK
+    reads = len(inner.reads)
+    cache.get_range("segments/1", 0, 1)
+    assert len(inner.reads) == reads  # still cached
+    cache.get_range("segments/1", BLOCK, 1)
+    assert len(inner.reads) == reads + 1  # evicted: fetched again
+    for block in range(8):
+        assert cache.get_range("segments/1", block * BLOCK, BLOCK) == \
+            data[block * BLOCK : (block + 1) * BLOCK]
+        files = [f for _, _, fs in os.walk(tmp_path / "cache") for f in fs]
+        assert len(files) <= 4
+        assert cache.stats().bytes_cached <= 4 * BLOCK
+
+
+def test_other_names_pass_through(inner: CountingBackend, tmp_path: Path) -> None:
+    inner.put_bytes("objects/big", b"x" * 3 * BLOCK)
+    cache = cache_over(inner, tmp_path, 10)
+    cache.get_range("objects/big", 5, 10)
+    cache.get_range("objects/big", 5, 10)
+    assert inner.reads == [("objects/big", 5, 10)] * 2
+    assert cache.stats().blocks_cached == 0
+
+
+def test_writes_and_deletes_drop_cached_blocks(inner: CountingBackend, tmp_path: Path
+                                               ) -> None:
+    cache = cache_over(inner, tmp_path, 10)
+    cache.put_bytes("segments/1", b"a" * BLOCK)
+    assert cache.get_range("segments/1", 0, 4) == b"aaaa"
+    cache.put_bytes("segments/1", b"b" * 2 * BLOCK)
+    assert cache.get_range("segments/1", 0, 4) == b"bbbb"
+    assert cache.get_range("segments/1", BLOCK, 4) == b"bbbb"  # the size is new too
+    cache.delete("segments/1")
+    with pytest.raises(BlobNotFound):
+        cache.get_range("segments/1", 0, 4)
+    assert cache.stats().blocks_cached == 0
+
+
+def test_ranges_are_checked_against_the_blob(inner: CountingBackend, tmp_path: Path) -> None:
+    inner.put_bytes("segments/1", b"z" * 100)
+    cache = cache_over(inner, tmp_path, 10)
+    with pytest.raises(InvalidArgument):
+        cache.get_range("segments/1", 50, 51)
+    with pytest.raises(InvalidArgument):
+        cache.get_range("segments/1", -1, 5)
+    with pytest.raises(InvalidArgument):
+        cache.get_range("../x", 0, 1)
+
+
+def test_directory_is_emptied_on_open(inner: CountingBackend, tmp_path: Path) -> None:
+    inner.put_bytes("segments/1", b"q" * BLOCK)
+    cache = cache_over(inner, tmp_path, 10)
+    cache.get_range("segments/1", 0, 1)
+    again = cache_over(inner, tmp_path, 10)
+    assert [f for _, _, fs in os.walk(tmp_path / "cache") for f in fs] == []
+    assert again.stats().blocks_cached == 0
+
+
+def test_settings_are_checked(inner: CountingBackend, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        CachedBackend(inner, str(tmp_path / "c"), bytes_max=BLOCK, block_bytes=1024)
+    with pytest.raises(ValueError):
+        CachedBackend(inner, str(tmp_path / "c"), bytes_max=BLOCK - 1, block_bytes=BLOCK)
