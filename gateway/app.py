@@ -154,6 +154,21 @@ async def observed(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
+def reconfigure(app: web.Application, settings: GatewaySettings) -> list[str]:
+    """Apply what can change without a restart (key pairs, QoS limits) from freshly
+    loaded settings; returns what changed. Requests in flight are not disturbed."""
+    changes = []
+    verifier = app[VERIFIER]
+    if settings.credentials != verifier.credentials:
+        verifier.set_credentials(settings.credentials)
+        changes.append(f"credentials ({len(settings.credentials.pairs)} key pairs)")
+    qos = app[QOS]
+    if settings.qos != qos.config:
+        qos.configure(settings.qos)
+        changes.append("qos limits")
+    return changes
+
+
 def start_draining(app: web.Application) -> None:
     """Shutdown: refuse new requests (503 SlowDown) while in-flight ones finish."""
     app[INFLIGHT].draining = True

@@ -20,6 +20,7 @@ from petrel.errors import (
     InvalidRequest,
     MethodNotAllowed,
     PetrelError,
+    SlowDown,
 )
 from petrel_gateway.context import REQUEST_ID
 from petrel_gateway.xml import error_xml
@@ -56,7 +57,9 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except PetrelError as exc:
-        if exc.status >= 500:
+        # Throttling is counted in /metrics, not logged: a flood of refused requests
+        # must not become a flood of log lines.
+        if exc.status >= 500 and not isinstance(exc, SlowDown):
             log.warning("%s %s -> %s: %s", request.method, request.path, exc.code, exc.detail)
         return error_response(request, exc)
     except web.HTTPException as exc:

@@ -97,6 +97,8 @@ def _number(where: str, value: Any, kind: type[float] | type[int]) -> Any:
             (kind is int and not isinstance(value, int)):
         raise ValueError(f"{where} must be {'an integer' if kind is int else 'a number'}, "
                          f"not {value!r}")
+    if value < 0:
+        raise ValueError(f"{where} must be >= 0 (0 = unlimited), not {value!r}")
     return kind(value)
 
 

@@ -39,3 +39,22 @@ class GatewaySettings:
     # Per access key and per bucket rate limits ([qos] in the config file); none by
     # default. See petrel_gateway.qos.
     qos: QosConfig = field(default_factory=QosConfig)
+    # HTTPS: a PEM certificate chain and its key (both or neither).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Seconds between checks of the config and credentials files for a live reload.
+    reload_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server.port must be 0..65535, got {self.port}")
+        if self.inflight_requests_max < 1:
+            raise ValueError("server.inflight_requests_max must be >= 1")
+        if self.body_idle_timeout_s <= 0:
+            raise ValueError("server.body_idle_timeout_s must be > 0")
+        if self.shutdown_drain_s < 0:
+            raise ValueError("server.shutdown_drain_s must be >= 0")
+        if self.reload_interval_s <= 0:
+            raise ValueError("server.reload_interval_s must be > 0")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("server.tls_cert_file and server.tls_key_file go together")

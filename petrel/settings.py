@@ -141,6 +141,8 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.compaction_dead_fraction <= 1.0:
             raise ValueError("compaction_dead_fraction must be in (0, 1]")
+        if self.seal_idle_s <= 0:
+            raise ValueError("seal_idle_s must be > 0")
         if self.commit_window_ms < 0 or self.commit_records_max < 1:
             raise ValueError("commit_window_ms must be >= 0 and commit_records_max >= 1")
         if self.compaction_bytes_per_s < 64 * 1024:

@@ -5,7 +5,8 @@ Settings come from, in increasing precedence: built-in defaults, a TOML file
 or a bad value stops the start with a message naming it.
 
     [server]            host, port, region, virtual_host_domains, inflight_requests_max,
-                        log_level, body_idle_timeout_s, shutdown_drain_s
+                        log_level, body_idle_timeout_s, shutdown_drain_s,
+                        tls_cert_file, tls_key_file, reload_interval_s
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
                         object_bytes_max, io_threads, upload_backlog_bytes_max,
@@ -14,6 +15,8 @@ or a bad value stops the start with a message naming it.
     [auth]              access_key, secret_key, credentials_file, public_read_buckets
     [backend]           url (s3://BUCKET/PREFIX; none: a local directory under data),
                         endpoint, region, path_style, access_key, secret_key
+    [qos]               per access key and per bucket rate limits (file only; see
+                        petrel_gateway.qos for the keys)
 
 Environment variables are PETREL_<KEY> (PETREL_PORT, PETREL_SEAL_IDLE_S, ...), and
 PETREL_BACKEND_<KEY> for the [backend] section (PETREL_BACKEND_URL,
@@ -25,6 +28,13 @@ Credentials: --access-key/--secret-key (or PETREL_ACCESS_KEY/PETREL_SECRET_KEY),
 credentials file of `ACCESS_KEY:SECRET_KEY` lines (several pairs may be valid at once).
 With none given, a pair is generated, stored in DATA/credentials (mode 0600) and printed
 once.
+
+Live reload: on SIGHUP, and whenever the config file or the credentials file changes
+(checked every `reload_interval_s`, default 2 s), the key pairs and the [qos] limits are
+re-read and replaced without a restart; requests in flight are not disturbed. A reload
+that fails validation is logged and changes nothing. Other settings need a restart.
+
+TLS: `tls_cert_file` and `tls_key_file` (or --tls-cert/--tls-key) serve HTTPS.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ ENV_PREFIX = "PETREL_"
 SCHEMA: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "region": str, "virtual_host_domains": list,
                "inflight_requests_max": int, "log_level": str,
-               "body_idle_timeout_s": float, "shutdown_drain_s": float},
+               "body_idle_timeout_s": float, "shutdown_drain_s": float,
+               "tls_cert_file": str, "tls_key_file": str, "reload_interval_s": float},
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
@@ -60,6 +71,7 @@ SCHEMA: dict[str, dict[str, type]] = {
 # PETREL_BACKEND_ACCESS_KEY, not PETREL_ACCESS_KEY (the gateway's own key).
 ENV_SECTION_PREFIX = {"backend": ENV_PREFIX + "BACKEND_"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(Exception):
@@ -89,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secret-key", help="secret key (or PETREL_SECRET_KEY)")
     parser.add_argument("--credentials-file", help="file of ACCESS_KEY:SECRET_KEY lines")
     parser.add_argument("--log-level", help="debug, info, warning (default info)")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     add_backend_arguments(parser)
 
 
@@ -138,6 +152,9 @@ def load_options(args: argparse.Namespace, environ: dict[str, str]) -> ServeOpti
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{args.config}: {exc}") from exc
         for section, table in document.items():
+            if section == "qos" and isinstance(table, dict):
+                options.values["qos"] = table  # nested tables: checked by parse_qos
+                continue
             if section not in SCHEMA or not isinstance(table, dict):
                 raise ConfigError(f"{args.config}: unknown section [{section}]")
             for key, value in table.items():
@@ -158,7 +175,8 @@ def load_options(args: argparse.Namespace, environ: dict[str, str]) -> ServeOpti
              ("server", "log_level"): "log_level", ("backend", "url"): "backend",
              ("backend", "endpoint"): "backend_endpoint",
              ("backend", "region"): "backend_region",
-             ("backend", "path_style"): "backend_path_style"}
+             ("backend", "path_style"): "backend_path_style",
+             ("server", "tls_cert_file"): "tls_cert", ("server", "tls_key_file"): "tls_key"}
     for (section, key), attribute in flags.items():
         value = getattr(args, attribute, None)
         if value is not None:
@@ -249,6 +267,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
     from petrel.limits import Limits
     from petrel.settings import Durability, StoreConfig
     from petrel_gateway.auth import Credentials, KeyPair
+    from petrel_gateway.qos import parse_qos
     from petrel_gateway.settings import GatewaySettings
 
     data_dir = options.get("store", "data")
@@ -282,19 +301,58 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
     if options.get("server", "inflight_requests_max") is not None:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
-    for name in ("body_idle_timeout_s", "shutdown_drain_s"):
+    for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s"):
         if options.get("server", name) is not None:
             settings_fields[name] = options.get("server", name)
+    level = str(options.get("server", "log_level", "info")).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {level!r}")
+    settings_fields["tls_cert_file"], settings_fields["tls_key_file"] = _tls_files(options)
+    try:
+        settings_fields["qos"] = parse_qos(options.values.get("qos", {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if options.get("server", "virtual_host_domains") is not None:
         settings_fields["virtual_host_domains"] = tuple(
             options.get("server", "virtual_host_domains"))
-    settings = GatewaySettings(
-        host=options.get("server", "host", "127.0.0.1"), port=port,
-        region=options.get("server", "region", "us-east-1"),
-        credentials=Credentials(tuple(KeyPair(a, s) for a, s in dict(pairs).items())),
-        public_read_buckets=frozenset(options.get("auth", "public_read_buckets", [])),
-        **settings_fields)
+    try:
+        settings = GatewaySettings(
+            host=options.get("server", "host", "127.0.0.1"), port=port,
+            region=options.get("server", "region", "us-east-1"),
+            credentials=Credentials(tuple(KeyPair(a, s) for a, s in dict(pairs).items())),
+            public_read_buckets=frozenset(options.get("auth", "public_read_buckets", [])),
+            **settings_fields)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return settings, store_config
+
+
+def _tls_files(options: ServeOptions) -> tuple[str | None, str | None]:
+    """The certificate and key, checked by loading them. Raises ConfigError."""
+    import ssl
+
+    cert, key = options.get("server", "tls_cert_file"), options.get("server", "tls_key_file")
+    if not cert and not key:
+        return None, None
+    if not (cert and key):
+        raise ConfigError("server.tls_cert_file and server.tls_key_file go together")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS certificate {cert} / key {key}: {exc}") from exc
+    return os.path.abspath(cert), os.path.abspath(key)
+
+
+def watched_files(options: ServeOptions, config_path: str | None, data_dir: str) -> list[str]:
+    """The files whose change triggers a reload: the config and the credentials."""
+    files = [config_path] if config_path else []
+    credentials = options.get("auth", "credentials_file")
+    if credentials:
+        files.append(credentials)
+    elif options.get("auth", "access_key") is None:
+        files.append(os.path.join(data_dir, "credentials"))  # generated
+    return [os.path.abspath(f) for f in files]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -309,10 +367,17 @@ def run(args: argparse.Namespace) -> int:
     level = str(options.get("server", "log_level", "info")).upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(settings, store_config)
+    environ = dict(os.environ)
+
+    def reload() -> Any:
+        return build(load_options(args, environ))[0]
+
+    watched = watched_files(options, args.config, store_config.data_dir)
+    return serve(settings, store_config, reload, watched)
 
 
-def serve(settings: Any, store_config: Any) -> int:
+def serve(settings: Any, store_config: Any, reload: Any = None,
+          watched: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT: then stop accepting connections, let in-flight requests
     finish for up to `shutdown_drain_s` (new requests on open connections get 503
     SlowDown meanwhile), commit and sync the store, and return 0."""
@@ -323,40 +388,49 @@ def serve(settings: Any, store_config: Any) -> int:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(settings, store_config))
+        loop.run_until_complete(_serve(settings, store_config, reload, watched or []))
     finally:
         loop.close()
     return 0
 
 
-async def _serve(settings: Any, store_config: Any) -> None:
+async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[str]) -> None:
     import asyncio
     import signal
     import time
 
     from aiohttp import web
 
-    from petrel_gateway.app import build_app, inflight_requests, start_draining
+    from petrel_gateway.app import build_app, inflight_requests, reconfigure, start_draining
 
     app = build_app(settings, store_config)
     # aiohttp's own shutdown cancels requests still reading their body; petrel drains
     # them first, so an upload in flight at SIGTERM completes and is acknowledged.
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=1.0)
+    # Signals first: a SIGTERM that arrives while the store opens still drains and exits 0.
+    stop = asyncio.Event()
+    reload_now = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port,
+                       ssl_context=_ssl_context(settings))
     await site.start()
     backend = store_config.backend
     where = "local" if backend is None else \
         f"s3://{backend.bucket}/{backend.key_prefix} at {backend.endpoint_url or 'AWS'}"
-    print(f"petrel: serving S3 on http://{settings.host}:{settings.port} "
+    scheme = "https" if settings.tls_cert_file else "http"
+    print(f"petrel: serving S3 on {scheme}://{settings.host}:{settings.port} "
           f"(data {store_config.data_dir}, durability {store_config.durability.value}, "
           f"backend {where})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(_watch(app, reload, watched, settings.reload_interval_s,
+                                         reload_now, reconfigure)) if reload else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     print("petrel: stopping: draining in-flight requests", flush=True)
     start_draining(app)
     server = site._server  # the listening socket only; open connections stay
@@ -367,3 +441,57 @@ async def _serve(settings: Any, store_config: Any) -> None:
         await asyncio.sleep(0.05)
     await runner.cleanup()  # closes connections, then the store (commit, sync)
     print("petrel: stopped", flush=True)
+
+
+def _ssl_context(settings: Any) -> Any:
+    if not settings.tls_cert_file:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+def _stamp(paths: list[str]) -> tuple[tuple[float, int] | None, ...]:
+    stamps: list[tuple[float, int] | None] = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((stat.st_mtime, stat.st_size))
+    return tuple(stamps)
+
+
+async def _watch(app: Any, reload: Any, watched: list[str], interval_s: float,
+                 now: Any, reconfigure: Any) -> None:
+    """Reload credentials and QoS limits on SIGHUP (`now` is set) or when a watched
+    file's mtime or size changes. A reload that fails is logged and changes nothing."""
+    import asyncio
+    import logging
+
+    log = logging.getLogger("petrel.serve")
+    seen = _stamp(watched)
+    while True:
+        signalled = False
+        try:
+            async with asyncio.timeout(interval_s):
+                await now.wait()
+            signalled = True
+        except TimeoutError:
+            pass
+        now.clear()
+        stamp = _stamp(watched)
+        if stamp == seen and not signalled:
+            continue
+        seen = stamp
+        try:
+            settings = reload()
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            continue
+        changes = reconfigure(app, settings)
+        log.info("reloaded: %s", ", ".join(changes) if changes else "nothing changed")

@@ -5,8 +5,7 @@ served, and one line on stderr naming the setting (and where it came from).
 
 tests/gateway/test_serve.py covers the first cases (unknown key and section, a
 non-number port, an unknown durability, a too-small segment size); these cover the rest
-of what an operator can get wrong, including values that are not validated yet (xfail,
-strict: each names the fix it is waiting for).
+of what an operator can get wrong.
 """
 
 from __future__ import annotations
@@ -81,30 +80,37 @@ def test_missing_credentials_file_refused(tmp_path) -> None:  # type: ignore[no-
     _assert_refused(outcome, missing)
 
 
-# Values the loader accepts today although they cannot work. Each is refused once
-# petrel/cli/serve.py (or the settings objects it builds) range-checks it.
-@pytest.mark.xfail(strict=True, reason="serve.py: server.log_level is not checked; an "
-                   "unknown level silently becomes info")
+# Values that cannot work: range-checked by petrel/cli/serve.py and the settings objects.
 def test_unknown_log_level_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _assert_refused(_start_with(tmp_path, "[server]\nlog_level = \"loud\"\n"),
                     "server.log_level")
 
 
-@pytest.mark.xfail(strict=True, reason="serve.py/GatewaySettings: inflight_requests_max "
-                   "= 0 is accepted; every request is then refused with 503 SlowDown")
 def test_zero_inflight_limit_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _assert_refused(_start_with(tmp_path, "[server]\ninflight_requests_max = 0\n"),
                     "inflight_requests_max")
 
 
-@pytest.mark.xfail(strict=True, reason="StoreConfig: seal_idle_s <= 0 is accepted (the "
-                   "idle-seal loop then polls every 50 ms)")
 def test_negative_seal_idle_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _assert_refused(_start_with(tmp_path, "[store]\nseal_idle_s = -5\n"), "seal_idle_s")
 
 
-@pytest.mark.xfail(strict=True, reason="GatewaySettings: shutdown_drain_s and "
-                   "body_idle_timeout_s < 0 are accepted")
 def test_negative_timeouts_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _assert_refused(_start_with(tmp_path, "[server]\nshutdown_drain_s = -1\n"),
                     "shutdown_drain_s")
+
+
+def test_bad_qos_table_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _assert_refused(_start_with(tmp_path, "[qos]\nkey_requests_per_s = -1\n"),
+                    "qos")
+    _assert_refused(_start_with(tmp_path, "[qos.keys.AK1]\nspeed = 3\n"),
+                    "qos.keys.AK1.speed")
+
+
+def test_half_a_tls_configuration_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    _assert_refused(_start_with(tmp_path, f"[server]\ntls_cert_file = \"{cert}\"\n"),
+                    "tls_key_file")
+    _assert_refused(_start_with(tmp_path, f"[server]\ntls_cert_file = \"{cert}\"\n"
+                                f"tls_key_file = \"{cert}\"\n"), "TLS certificate")

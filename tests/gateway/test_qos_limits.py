@@ -113,7 +113,7 @@ def test_parse_qos_table() -> None:
 @pytest.mark.parametrize(("table", "message"), [
     ({"key_rps": 1}, "unknown setting qos.key_rps"),
     ({"key_requests_per_s": "fast"}, "qos.key_requests_per_s must be a number"),
-    ({"key_requests_per_s": -1}, ">= 0"),
+    ({"key_requests_per_s": -1}, "qos.key_requests_per_s must be >= 0"),
     ({"keys": {"a": {"inflight_max": 1.5}}}, "qos.keys.a.inflight_max must be an integer"),
     ({"keys": {"a": {"speed": 1}}}, "unknown setting qos.keys.a.speed"),
     ({"buckets": {"b": {"inflight_max": 2}}}, "per access key"),
