@@ -84,3 +84,31 @@ def _missing_third_party(stderr: str) -> str | None:
         return None
     name = stderr.rsplit(marker, 1)[1].split("'", 1)[0]
     return None if name.split(".")[0] == "petrel" else name
+
+
+# The loader modules (docs/loader.md): petrel.torch is the only module that imports torch,
+# petrel.fsspec the only one that imports fsspec; the cache and the manifest reader that
+# both build on stay free of either (and of the HTTP stack).
+LOADER_LIGHT_MODULES = ("petrel", "petrel.prefetch", "petrel.manifest")
+LOADER_HEAVY_MODULES = ("torch", "fsspec", "urllib3", *HEAVY_MODULES)
+
+
+@pytest.mark.parametrize("module", LOADER_LIGHT_MODULES)
+def test_loader_building_blocks_import_neither_torch_nor_fsspec(module: str) -> None:
+    code = (
+        f"import sys, json, {module}; "
+        f"print(json.dumps(sorted(m for m in {LOADER_HEAVY_MODULES!r} if m in sys.modules)))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [], f"import {module} pulled in heavy modules"
+
+
+def test_only_petrel_torch_imports_torch() -> None:
+    code = ("import sys, petrel.fsspec, petrel.client, petrel.prefetch; "
+            "print('torch' in sys.modules)")
+    result = run_python(code)
+    if result.returncode != 0 and _missing_third_party(result.stderr) is not None:
+        pytest.skip(f"needs {_missing_third_party(result.stderr)!r}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
