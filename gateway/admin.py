@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from petrel.backends.cache import CachedBackend
 from petrel.errors import InvalidArgument
 from petrel_gateway.authn import authenticate
 from petrel_gateway.context import OPERATION, SETTINGS, STORE
@@ -35,9 +36,8 @@ async def petrel_stats(request: web.Request) -> web.StreamResponse:
     _authorised(request, "petrel_stats")
     store = request.app[STORE]
     document: dict[str, Any] = {"store": asdict(store.stats())}
-    cache_stats = getattr(store.backend, "cache_stats", None)
-    if callable(cache_stats):
-        document["backend_cache"] = asdict(cache_stats())
+    if isinstance(store.backend, CachedBackend):
+        document["backend_cache"] = asdict(store.backend.stats())
     return _json(document)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from petrel.backends.cache import CachedBackend
 from petrel.errors import (
     InvalidArgument,
     MethodNotAllowed,
@@ -89,8 +90,10 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
         metrics.watch_runtime(
             lambda: app[INFLIGHT].count, store_config.data_dir,
             lambda: (store.committer.upload_backlog_bytes(),
-                     store.config.upload_backlog_bytes_max),
-            lambda: store.corruptions_detected)
+                     store.config.upload_backlog_bytes_max,
+                     store.committer.uploads_done, store.committer.upload_failures),
+            lambda: store.corruptions_detected,
+            lambda: store.backend.stats() if isinstance(store.backend, CachedBackend) else None)
         log.info("store open at %s", store_config.data_dir)
         yield
         await store.close()

@@ -16,6 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from petrel.backends.cache import CacheStats
 from petrel.model import StoreStats
 from petrel_gateway.qos import QosConfig
 
@@ -51,10 +52,12 @@ class _RuntimeCollector(Collector):
     space, the backlog of sealed segments waiting for their upload to the backend."""
 
     def __init__(self, inflight: Callable[[], int], data_dir: str,
-                 backlog: Callable[[], tuple[int, int]],
-                 corruptions: Callable[[], int]) -> None:
+                 backlog: Callable[[], tuple[int, int, int, int]],
+                 corruptions: Callable[[], int],
+                 read_cache: Callable[[], CacheStats | None]) -> None:
         self._inflight, self._data_dir = inflight, data_dir
         self._backlog, self._corruptions = backlog, corruptions
+        self._read_cache = read_cache
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("petrel_inflight_requests", "Requests being served.",
@@ -70,7 +73,13 @@ class _RuntimeCollector(Collector):
             yield GaugeMetricFamily("petrel_data_dir_size_bytes",
                                     "Size of the data directory's filesystem.",
                                     value=stat.f_blocks * stat.f_frsize)
-        backlog, backlog_max = self._backlog()
+        backlog, backlog_max, uploads, failures = self._backlog()
+        yield CounterMetricFamily("petrel_backend_uploads",
+                                  "Segments uploaded to the backend and verified.",
+                                  value=uploads)
+        yield CounterMetricFamily("petrel_backend_upload_failures",
+                                  "Failed segment upload attempts (each retry counts).",
+                                  value=failures)
         yield GaugeMetricFamily("petrel_upload_backlog_bytes",
                                 "Bytes of sealed segments not yet verified in the backend.",
                                 value=backlog)
@@ -80,6 +89,20 @@ class _RuntimeCollector(Collector):
         yield CounterMetricFamily("petrel_corruptions",
                                   "Records that failed their checksum on read (a counter: "
                                   "resets with the process).", value=self._corruptions())
+        # The S3 backend's on-disk cache of segment blocks (zeros without one).
+        cache = self._read_cache()
+        for name, value, doc in (
+            ("hits", cache.hits if cache else 0, "Blocks served from the read cache."),
+            ("misses", cache.misses if cache else 0, "Blocks fetched from the backend."),
+            ("fetches", cache.fetches if cache else 0,
+             "Ranged reads sent to the backend for cache misses."),
+            ("fetched_bytes", cache.bytes_fetched if cache else 0,
+             "Bytes fetched from the backend into the read cache."),
+            ("evictions", cache.evictions if cache else 0, "Blocks evicted (LRU)."),
+        ):
+            yield CounterMetricFamily(f"petrel_read_cache_{name}", doc, value=value)
+        yield GaugeMetricFamily("petrel_read_cache_bytes", "Bytes held in the read cache.",
+                                value=cache.bytes_cached if cache else 0)
 
 
 class _QosCollector(Collector):
@@ -152,9 +175,11 @@ class Metrics:
         self.throttled.labels(scope, name, reason).inc()
 
     def watch_runtime(self, inflight: Callable[[], int], data_dir: str,
-                      backlog: Callable[[], tuple[int, int]],
-                      corruptions: Callable[[], int]) -> None:
-        self.registry.register(_RuntimeCollector(inflight, data_dir, backlog, corruptions))
+                      backlog: Callable[[], tuple[int, int, int, int]],
+                      corruptions: Callable[[], int],
+                      read_cache: Callable[[], CacheStats | None]) -> None:
+        self.registry.register(_RuntimeCollector(inflight, data_dir, backlog, corruptions,
+                                                 read_cache))
 
     def watch_qos(self, config: Callable[[], QosConfig]) -> None:
         self.registry.register(_QosCollector(config))
