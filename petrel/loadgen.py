@@ -94,7 +94,8 @@ class Plan:
     warmup_s: float = 0.0
     get_fraction: float = 0.9  # MIXED
     batch_size: int = 100  # BATCH_*
-    sequential: bool = False  # each key exactly once, in order (prepare, cleanup)
+    sequential: bool = False  # each key exactly once, in order (prepare, cleanup) ...
+    shuffled: bool = False  # ... or each key exactly once, in a seeded random order
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -233,6 +234,10 @@ class _Worker:
         self.tally = Tally()
         self.random = random.Random(plan.seed * 7919 + index)
         self.next_sequential = index  # sequential plans: keys index, index + P, ...
+        self.order: list[int] | None = None
+        if plan.sequential and plan.shuffled:
+            self.order = list(range(plan.objects))
+            random.Random(plan.seed).shuffle(self.order)  # the same in every worker
         self.presigned: dict[tuple[str, int], str] = {}
         self.payload = os.urandom(max(plan.size_max, 1) + 4096)
         self.report = report
@@ -255,7 +260,7 @@ class _Worker:
             if index >= self.plan.objects:
                 return None
             self.next_sequential += self.plan.processes
-            return index
+            return index if self.order is None else self.order[index]
         return self.random.randrange(self.plan.objects)
 
     def _object_target(self, method: str, index: int) -> str:
