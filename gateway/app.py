@@ -33,7 +33,7 @@ from petrel_gateway import admin
 from petrel_gateway.authn import VERIFIER, authenticate, make_verifier
 from petrel_gateway.context import OPERATION, QOS, REQUEST_ID, SETTINGS, STORE
 from petrel_gateway.errors import Handler as Handler
-from petrel_gateway.errors import error_response, s3_errors
+from petrel_gateway.errors import error_response, render_exception
 from petrel_gateway.handlers.base import Call
 from petrel_gateway.metrics import Metrics
 from petrel_gateway.qos import Qos
@@ -67,7 +67,7 @@ REQUEST_IDS = web.AppKey("petrel.request_ids", RequestIds)
 
 def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Application:
     app = web.Application(
-        middlewares=[request_ids, inflight_limit, observed, s3_errors],
+        middlewares=[front_door],
         client_max_size=settings.xml_body_bytes_max,
         handler_args={
             "max_line_size": settings.header_line_bytes_max,
@@ -109,12 +109,42 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
     return app
 
 
-# ----- middlewares -----------------------------------------------------------------
+# ----- the front door ----------------------------------------------------------------
 @web.middleware
-async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ids = request.app[REQUEST_IDS]
+async def front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Everything every request goes through, in one frame (each middleware layer costs
+    a coroutine per request): a request id, the in-flight bound (503 SlowDown beyond
+    it, or while draining), S3 error rendering (gateway/errors.py), and metrics."""
+    app = request.app
+    ids = app[REQUEST_IDS]
     request[REQUEST_ID] = f"{ids.prefix}{next(ids.counter):08X}"
-    return await handler(request)
+    inflight = app[INFLIGHT]
+    if inflight.draining or inflight.count >= app[SETTINGS].inflight_requests_max:
+        if METRICS in app:
+            app[METRICS].rejected.labels("draining" if inflight.draining
+                                         else "inflight_limit").inc()
+        refusal = error_response(request, SlowDown())
+        if inflight.draining:
+            refusal.force_close()
+        return refusal
+    inflight.count += 1
+    started = time.perf_counter()
+    try:
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - rendered as S3 errors, unexpected ones logged
+            response = render_exception(request, exc)
+        operation = request.get(OPERATION)
+        if operation is not None and METRICS in app:
+            # A handler's web.Response is sent after the middlewares return: count its
+            # declared length; a streamed response has sent its body already.
+            sent = response.body_length if response.prepared else response.content_length or 0
+            app[METRICS].observe(operation, response.status, time.perf_counter() - started,
+                                 request.content_length or 0, sent)
+        return response
+    finally:
+        inflight.count -= 1
 
 
 async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
@@ -122,39 +152,6 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
     response.headers["x-amz-request-id"] = request_id
     response.headers["x-amz-id-2"] = request_id
     response.headers["Server"] = "petrel"
-
-
-@web.middleware
-async def inflight_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    inflight = request.app[INFLIGHT]
-    if inflight.draining or inflight.count >= request.app[SETTINGS].inflight_requests_max:
-        if METRICS in request.app:
-            reason = "draining" if inflight.draining else "inflight_limit"
-            request.app[METRICS].rejected.labels(reason).inc()
-        response = error_response(request, SlowDown())
-        if inflight.draining:
-            response.force_close()
-        return response
-    inflight.count += 1
-    try:
-        return await handler(request)
-    finally:
-        inflight.count -= 1
-
-
-@web.middleware
-async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    response = await handler(request)
-    operation = request.get(OPERATION)
-    if operation is not None and METRICS in request.app:
-        # A handler's web.Response is sent after the middlewares return: count its
-        # declared length; a streamed response has sent its body already.
-        sent = response.body_length if response.prepared else response.content_length or 0
-        request.app[METRICS].observe(operation, response.status,
-                                     time.perf_counter() - started,
-                                     request.content_length or 0, sent)
-    return response
 
 
 def reconfigure(app: web.Application, settings: GatewaySettings) -> list[str]:

@@ -1,7 +1,7 @@
 """The one place that turns exceptions into S3 error responses.
 
 Handlers raise `petrel.errors.PetrelError` subclasses (or let anything else escape);
-`s3_errors` renders them as S3 XML with Code, Message, Resource and RequestId. Anything
+`render_exception` renders them as S3 XML with Code, Message, Resource and RequestId. Anything
 unexpected becomes a logged 500 InternalError; aiohttp's own HTTP errors (an oversized
 header, a body over the limit) are mapped to their S3 equivalents.
 """
@@ -52,22 +52,21 @@ def error_response(request: web.Request, error: PetrelError) -> web.Response:
     return web.Response(status=error.status, body=body, headers=headers)
 
 
-@web.middleware
-async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except PetrelError as exc:
+def render_exception(request: web.Request, exc: Exception) -> web.Response:
+    """The S3 error response for an exception a handler raised. aiohttp's own HTTP
+    errors below 400 (redirects) are re-raised; anything unexpected is logged and
+    becomes a 500 InternalError."""
+    if isinstance(exc, PetrelError):
         # Throttling is counted in /metrics, not logged: a flood of refused requests
         # must not become a flood of log lines.
         if exc.status >= 500 and not isinstance(exc, SlowDown):
             log.warning("%s %s -> %s: %s", request.method, request.path, exc.code, exc.detail)
         return error_response(request, exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return error_response(request, _from_http(exc))
-    except UnicodeError as exc:
+    if isinstance(exc, UnicodeError):
         return error_response(request, InvalidArgument(f"invalid UTF-8: {exc}"))
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(request, InternalError())
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(request, InternalError())

@@ -12,6 +12,8 @@ import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from petrel.sigv4 import EMPTY_SHA256, Signer, encode_path, encode_query
 from petrel_gateway.auth import Credentials, SigV4Verifier
@@ -114,3 +116,28 @@ def test_signer_refuses_what_it_cannot_sign() -> None:
         _signer().presign("GET", HOST, "/b/k", expires_s=8 * 24 * 3600)
     with pytest.raises(ValueError):
         Signer("", SECRET)
+
+
+# The canonical query fast path (names and values already canonical) must give exactly
+# what decoding and re-encoding every pair gives, for any raw query.
+_QUERY_ALPHABET = "aAzZ09-._~%2F3D+=& /é"
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=_QUERY_ALPHABET, max_size=40),
+       st.sampled_from([None, "a", "X-Amz-Signature"]))
+def test_canonical_query_fast_path_matches_the_long_way(raw: str, drop: str | None) -> None:
+    from petrel.sigv4 import canonical_query, canonical_query_decoded
+
+    assert canonical_query(raw, drop=drop) == canonical_query_decoded(raw, drop=drop)
+
+
+@pytest.mark.parametrize("raw", [
+    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261124%2Fus-east-1%2Fs3"
+    "%2Faws4_request&X-Amz-Date=20261124T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host",
+    "a=b=c", "a-b=1&a=2", "uploads", "prefix=%41%2d&x=%7e", "k=%2f", "list-type=2&prefix=a+b",
+])
+def test_canonical_query_examples(raw: str) -> None:
+    from petrel.sigv4 import canonical_query, canonical_query_decoded
+
+    assert canonical_query(raw) == canonical_query_decoded(raw)
