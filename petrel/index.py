@@ -59,6 +59,11 @@ class OrderedKV(Protocol):
     def close(self) -> None: ...
 
 
+class IndexUnavailable(RuntimeError):
+    """The index cannot be opened (a file where its directory should be, a damaged or
+    locked database). The store refuses to start rather than start empty."""
+
+
 class RocksKV:
     """OrderedKV over RocksDB (rocksdict, raw bytes mode)."""
 
@@ -72,7 +77,10 @@ class RocksKV:
             WriteOptions,
         )
 
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(f"cannot open the index at {path}: {exc}") from exc
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         # Point lookups dominate (one per object read): a full bloom filter (10 bits per
@@ -89,7 +97,11 @@ class RocksKV:
         options.set_compression_type(DBCompressionType.lz4())
         options.set_bottommost_compression_type(DBCompressionType.zstd())
         options.set_max_background_jobs(2)
-        self._db = Rdict(path, options)
+        try:
+            self._db = Rdict(path, options)
+        except Exception as exc:  # rocksdict raises plain Exception("IO error: ...")
+            raise IndexUnavailable(f"cannot open the index at {path}: {exc} (petrel fsck "
+                                   "--rebuild-index rebuilds it from the segments)") from exc
         self._write_async = WriteOptions()
         self._write_sync = WriteOptions()
         self._write_sync.sync = True

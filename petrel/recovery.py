@@ -83,13 +83,26 @@ def open_state(config: StoreConfig, backend: Backend) -> OpenState:
     data_dir = config.data_dir
     seg_dir = segment_dir(data_dir)
     os.makedirs(seg_dir, exist_ok=True)
+    stored_ids = _backend_segment_ids(backend)
+    if _index_missing(data_dir) and (stored_ids or list_local_segments(seg_dir)):
+        # The index is derived data; segments without one mean it was lost (a deleted
+        # or replaced directory). Starting empty would hide every object and, worse,
+        # reuse segment ids whose blobs hold them. Rebuild it from the segments first.
+        log.warning("index missing under %s but segments exist: rebuilding it from the "
+                    "segments", data_dir)
+        report = rebuild_index(data_dir, backend)
+        log.warning("index rebuilt: %d objects from %d segments", report.objects,
+                    report.segments)
     kv = ix.RocksKV(index_dir(data_dir), cache_bytes=config.index_cache_bytes)
     index = ix.Index(kv)
     rows = index.segments()
     buckets = {b.name: b.row for b in index.buckets()}
     applier = Applier(index, buckets, rows)
     local_ids = list_local_segments(seg_dir)
-    applier.next_segment_id = max(applier.next_segment_id, max(local_ids, default=0) + 1)
+    # Never reuse an id a segment anywhere already has: a new segment would replace
+    # that blob in the backend.
+    applier.next_segment_id = max(applier.next_segment_id, max(local_ids, default=0) + 1,
+                                  max(stored_ids, default=0) + 1)
     state = OpenState(kv, index, applier, None, [], {}, 0)
 
     for segment_id in local_ids:
@@ -129,6 +142,23 @@ def open_state(config: StoreConfig, backend: Backend) -> OpenState:
     state.seq = max([r.max_seq for r in rows.values() if r.max_seq], default=0)
     state.seq = max(state.seq, index.get_meta_int("seq", 0))
     return state
+
+
+def _index_missing(data_dir: str) -> bool:
+    """No index at all: no such path, or an empty directory. Anything else that does
+    not open (a file in its place, a damaged database) is refused by RocksKV with a
+    clear error, never replaced silently."""
+    path = index_dir(data_dir)
+    return not os.path.lexists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
+def _backend_segment_ids(backend: Backend) -> list[int]:
+    ids = []
+    for name in backend.list("segments/"):
+        segment_id = fmt.segment_id_from_blob_name(name)
+        if segment_id is not None:
+            ids.append(segment_id)
+    return ids
 
 
 def _replay(state: OpenState, path: str, row: fmt.SegmentRow) -> bool:

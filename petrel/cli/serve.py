@@ -389,9 +389,16 @@ def serve(settings: Any, store_config: Any, reload: Any = None,
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(_serve(settings, store_config, reload, watched or []))
+    except StoreUnavailable as exc:
+        print(f"petrel serve: cannot open the store: {exc}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0
+
+
+class StoreUnavailable(Exception):
+    """The store could not be opened at start (reported as one line, exit 1)."""
 
 
 async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[str]) -> None:
@@ -401,6 +408,7 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
 
     from aiohttp import web
 
+    from petrel.index import IndexUnavailable
     from petrel_gateway.app import build_app, inflight_requests, reconfigure, start_draining
 
     app = build_app(settings, store_config)
@@ -415,7 +423,10 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the store
+    except IndexUnavailable as exc:
+        raise StoreUnavailable(str(exc)) from exc
     site = web.TCPSite(runner, settings.host, settings.port,
                        ssl_context=_ssl_context(settings))
     await site.start()

@@ -255,10 +255,6 @@ def test_index_current_file_garbage(stopped_store: tuple[Path, dict[str, bytes]]
     _assert_refused(attempt)
 
 
-@pytest.mark.xfail(strict=True, reason="an index RocksDB cannot open ends petrel serve with "
-                   "a Python traceback (rocksdict's exception from petrel/index.py RocksKV "
-                   "escapes Store.open through aiohttp's runner.setup() in "
-                   "petrel/cli/serve.py _serve), not a one-line message")
 def test_unopenable_index_message_is_clear(
         stopped_store: tuple[Path, dict[str, bytes]]) -> None:
     directory, _ = stopped_store
@@ -268,11 +264,6 @@ def test_unopenable_index_message_is_clear(
     _assert_clear(attempt)
 
 
-@pytest.mark.xfail(strict=True, reason="with data/index missing, petrel serve starts "
-                   "with an empty index (no buckets, no objects) beside existing segments; "
-                   "petrel/recovery.py open_state only replays local active segments and takes "
-                   "next_segment_id from local files, so new segments reuse the ids of sealed "
-                   "ones in the backend and overwrite them (data destroyed)")
 def test_missing_index_is_rebuilt_never_empty(
         stopped_store: tuple[Path, dict[str, bytes]]) -> None:
     directory, objects = stopped_store
