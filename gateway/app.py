@@ -135,6 +135,9 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
             response = await handler(request)
         except Exception as exc:  # noqa: BLE001 - rendered as S3 errors, unexpected ones logged
             response = render_exception(request, exc)
+            if request.body_exists and not request.content.is_eof():
+                # Refused with the body unread: close rather than drain what is left.
+                response.force_close()
         operation = request.get(OPERATION)
         if operation is not None and METRICS in app:
             # A handler's web.Response is sent after the middlewares return: count its

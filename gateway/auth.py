@@ -67,6 +67,7 @@ from petrel.sigv4 import derive_signing_key as derive_signing_key
 from petrel.sigv4 import parse_query as parse_query
 from petrel.sigv4 import sign as sign
 from petrel.sigv4 import signatures_equal as signatures_equal
+from petrel_gateway.request import is_decimal
 
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -294,7 +295,7 @@ def _parse_credential(
             f"The credential {value!r} is malformed; expected 'AKID/date/region/s3/aws4_request'."
         )
     access_key_id, day, claimed_region, service, terminator = parts
-    if not (len(day) == 8 and day.isdigit()):
+    if not (len(day) == 8 and is_decimal(day)):
         raise error(f"Invalid credential date {day!r}.")
     if service != SERVICE:
         raise error(f"Incorrect service {service!r}; this endpoint belongs to {SERVICE!r}.")
@@ -429,7 +430,7 @@ def _presign_params(query: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _parse_expires(value: str, limits: AuthLimits) -> int:
-    if not value.isdigit() or len(value) > 12:
+    if not is_decimal(value) or len(value) > 12:
         raise AuthorizationQueryParametersError("X-Amz-Expires should be a number.")
     expires_s = int(value)
     if expires_s > limits.presign_expires_s_max:

@@ -67,6 +67,7 @@ from petrel.errors import (
     SignatureDoesNotMatch,
     XAmzContentSHA256Mismatch,
 )
+from petrel_gateway.request import is_decimal
 
 from .auth import (
     EMPTY_SHA256,
@@ -515,7 +516,7 @@ def _decoded_length(headers: dict[str, list[str]]) -> int:
         raise MissingContentLength(
             "You must provide x-amz-decoded-content-length with an aws-chunked body."
         )
-    if not value.isdigit() or len(value) > 18:
+    if not is_decimal(value) or len(value) > 18:
         raise InvalidArgument(f"Invalid x-amz-decoded-content-length {value[:40]!r}.")
     return int(value)
 

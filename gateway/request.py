@@ -6,6 +6,7 @@ Kept apart from the handlers so that every handler parses the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -26,6 +27,19 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 class Target:
     bucket: str | None
     key: str | None
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only. str.isdigit() also accepts '²' and other digits that int()
+    refuses, which would turn a bad header into a 500 instead of a 400."""
+    return text.isascii() and text.isdigit()
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """The payload length a request announces: x-amz-decoded-content-length for an
+    aws-chunked body, else Content-Length; None when neither is a decimal number."""
+    value = headers.get("x-amz-decoded-content-length") or headers.get("Content-Length")
+    return int(value) if value is not None and is_decimal(value) else None
 
 
 def resolve_target(request: web.Request, domains: tuple[str, ...]) -> Target:
@@ -77,6 +91,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         suffix = int(last)
         if suffix == 0:
             raise InvalidRange()
+        if size == 0:
+            return None  # the whole (empty) representation, as RFC 7233 says: 200
         start = max(0, size - suffix)
         return ByteRange(start, size - start)
     start = int(first)

@@ -34,6 +34,10 @@ class GatewaySettings:
     # Seconds a request body may stall (no byte received) before the request fails with
     # RequestTimeout; a stalled upload never holds a slot forever.
     body_idle_timeout_s: float = 60.0
+    # A connection that has no request in progress (none yet, or idle between
+    # keep-alive requests, or a request line or headers still arriving) is closed after
+    # this long: slow or silent clients cannot pin sockets.
+    idle_connection_timeout_s: float = 60.0
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_drain_s: float = 30.0
     # Per access key and per bucket rate limits ([qos] in the config file); none by
@@ -52,6 +56,8 @@ class GatewaySettings:
             raise ValueError("server.inflight_requests_max must be >= 1")
         if self.body_idle_timeout_s <= 0:
             raise ValueError("server.body_idle_timeout_s must be > 0")
+        if self.idle_connection_timeout_s <= 0:
+            raise ValueError("server.idle_connection_timeout_s must be > 0")
         if self.shutdown_drain_s < 0:
             raise ValueError("server.shutdown_drain_s must be >= 0")
         if self.reload_interval_s <= 0:

@@ -15,6 +15,7 @@ from defusedxml import DefusedXmlException
 
 from petrel.errors import MalformedXML
 from petrel.model import BucketInfo, ObjectInfo
+from petrel_gateway.request import is_decimal
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -289,7 +290,7 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
     parts = []
     for part in children(root, "Part"):
         number, etag = child_text(part, "PartNumber"), child_text(part, "ETag")
-        if number is None or etag is None or not number.strip().isdigit():
+        if number is None or etag is None or not is_decimal(number.strip()):
             raise MalformedXML("Part needs PartNumber and ETag")
         parts.append((int(number), etag.strip().strip('"')))
     if not parts:

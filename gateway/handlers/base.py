@@ -12,6 +12,7 @@ from multidict import MultiMapping
 
 from petrel.errors import InvalidRequest
 from petrel.store import Store
+from petrel_gateway.request import is_decimal
 from petrel_gateway.settings import GatewaySettings
 from petrel_gateway.xml import Owner
 
@@ -52,7 +53,7 @@ class Call:
         """The whole body, verified as `body()` does, at most `limit` bytes: a declared
         length over it is refused before a byte is read (InvalidRequest)."""
         decoded = self.request.headers.get("x-amz-decoded-content-length", "")
-        declared = int(decoded) if decoded.isdigit() else self.request.content_length
+        declared = int(decoded) if is_decimal(decoded) else self.request.content_length
         if declared is not None and declared > limit:
             raise InvalidRequest(f"request body over {limit} bytes")
         pieces: list[bytes] = []

@@ -13,6 +13,7 @@ from petrel.errors import InvalidArgument
 from petrel.model import ListResult
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
+from petrel_gateway.request import is_decimal
 
 
 async def list_buckets(call: Call) -> web.StreamResponse:
@@ -53,7 +54,7 @@ async def get_bucket_acl(call: Call) -> web.StreamResponse:
 
 def _max_keys(call: Call) -> int:
     raw = call.query.get("max-keys", "1000")
-    if not raw.isdigit():
+    if not is_decimal(raw):
         raise InvalidArgument("max-keys must be a non-negative integer")
     return min(int(raw), call.store.limits.list_keys_max)
 

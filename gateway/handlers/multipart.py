@@ -12,7 +12,7 @@ from petrel.multipart import Part, Upload
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
 from petrel_gateway.handlers.objects import copy_source_range, parse_copy_source
-from petrel_gateway.request import user_metadata
+from petrel_gateway.request import is_decimal, user_metadata
 
 
 def _add(parent: ET.Element, tag: str, text: str | int) -> None:
@@ -23,7 +23,7 @@ def _int_param(call: Call, name: str, default: int, low: int, high: int) -> int:
     raw = call.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not is_decimal(raw) or not low <= int(raw) <= high:
         raise InvalidArgument(f"{name} must be an integer between {low} and {high}")
     return int(raw)
 

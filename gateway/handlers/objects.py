@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 from petrel import format as fmt
 from petrel.errors import (
     CorruptionError,
+    EntityTooLarge,
     InvalidArgument,
     InvalidRange,
     InvalidRequest,
@@ -23,7 +24,7 @@ from petrel.model import ByteRange, ObjectInfo
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.handlers.base import Call, xml_response
-from petrel_gateway.request import parse_range, user_metadata
+from petrel_gateway.request import declared_length, is_decimal, parse_range, user_metadata
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 _RESPONSE_OVERRIDES = {
@@ -53,6 +54,12 @@ async def put_object(call: Call) -> web.StreamResponse:
     declared = call.request.content_length
     if declared is None and "x-amz-decoded-content-length" not in call.headers:
         raise MissingContentLength()
+    payload = declared_length(call.headers)
+    if payload is not None and payload > limits.object_bytes_max:
+        # Refused before a byte of the body is read (the front door then closes the
+        # connection instead of draining it: a 10 GB body is never read to answer no).
+        raise EntityTooLarge(f"{payload} bytes announced; the most a PutObject may "
+                             f"carry is {limits.object_bytes_max} (use multipart upload)")
     # Content-MD5 and x-amz-checksum-* are checked by the body reader before its last
     # chunk is handed over, so the store never commits a body that fails them.
     info = await call.store.put_object_stream(call.bucket, call.key, call.body(), meta)
@@ -196,7 +203,7 @@ def copy_source_range(header: str | None, size: int) -> ByteRange | None:
     if header is None:
         return None
     first, sep, last = header.strip().removeprefix("bytes=").partition("-")
-    if not sep or not first.isdigit() or not last.isdigit() or int(first) > int(last):
+    if not sep or not is_decimal(first) or not is_decimal(last) or int(first) > int(last):
         raise InvalidArgument("x-amz-copy-source-range must be bytes=first-last")
     if int(last) >= size:
         raise InvalidRange("The copy source range is outside the source object")

@@ -6,7 +6,8 @@ or a bad value stops the start with a message naming it.
 
     [server]            host, port, region, virtual_host_domains, inflight_requests_max,
                         log_level, body_idle_timeout_s, shutdown_drain_s,
-                        tls_cert_file, tls_key_file, reload_interval_s
+                        tls_cert_file, tls_key_file, reload_interval_s,
+                        idle_connection_timeout_s
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
                         object_bytes_max, io_threads, upload_backlog_bytes_max,
@@ -55,7 +56,8 @@ SCHEMA: dict[str, dict[str, type]] = {
     "server": {"host": str, "port": int, "region": str, "virtual_host_domains": list,
                "inflight_requests_max": int, "log_level": str,
                "body_idle_timeout_s": float, "shutdown_drain_s": float,
-               "tls_cert_file": str, "tls_key_file": str, "reload_interval_s": float},
+               "tls_cert_file": str, "tls_key_file": str, "reload_interval_s": float,
+               "idle_connection_timeout_s": float},
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
@@ -301,7 +303,8 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
     if options.get("server", "inflight_requests_max") is not None:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
-    for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s"):
+    for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s",
+                 "idle_connection_timeout_s"):
         if options.get("server", name) is not None:
             settings_fields[name] = options.get("server", name)
     level = str(options.get("server", "log_level", "info")).lower()
@@ -415,7 +418,8 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     # aiohttp's own shutdown cancels requests still reading their body; petrel drains
     # them first, so an upload in flight at SIGTERM completes and is acknowledged.
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=1.0)
+                           shutdown_timeout=1.0,
+                           keepalive_timeout=settings.idle_connection_timeout_s)
     # Signals first: a SIGTERM that arrives while the store opens still drains and exits 0.
     stop = asyncio.Event()
     reload_now = asyncio.Event()

@@ -98,7 +98,10 @@ class S3Raw:
                                                     timeout=self.timeout_s)
             self._connection = connection
         try:
-            connection.request(method, target, body=body, headers=signed)
+            # Header values go on the wire as UTF-8, the bytes the signature covers
+            # (http.client would send them as Latin-1).
+            wire_headers = {k: v.encode("utf-8").decode("latin-1") for k, v in signed.items()}
+            connection.request(method, target, body=body, headers=wire_headers)
             answer = connection.getresponse()
             data = answer.read()
         except (TimeoutError, OSError, http.client.HTTPException) as exc:

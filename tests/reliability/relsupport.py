@@ -16,6 +16,10 @@ SECRET_KEY = "reliability-secret-0123456789abcdefghij"
 # Small enough that segments roll and seal, and large objects (over the threshold,
 # stored whole) appear, with test-sized data.
 SMALL_STORE_TOML = """\
+[server]
+# Short, so tests/reliability/test_hostile_input.py sees slow clients cut off quickly.
+idle_connection_timeout_s = 3.0
+
 [store]
 pack_threshold_bytes = 65536
 segment_bytes_max = 524288

@@ -111,11 +111,6 @@ def test_invalid_utf8_raw_bytes_in_request_line(gateway: Gateway, bucket: str) -
 SLOW_HEADERS_BOUND_S = 6.0
 
 
-@pytest.mark.xfail(strict=True, reason="no header read timeout: a connection that sends part "
-                   "of a request line or headers (or nothing) is held open indefinitely (seen "
-                   "open after 100 s; aiohttp's keep-alive timer does not run before the first "
-                   "request and petrel/cli/serve.py sets no limit), so idle sockets can pin "
-                   "file descriptors until the gateway runs out")
 def test_slow_headers_are_cut_off(gateway: Gateway) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=1.0) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -173,11 +168,7 @@ def _signed_head(gateway: Gateway, method: str, path: str, query: str,
 
 
 @pytest.mark.parametrize("operation", [
-    pytest.param("put_object", marks=pytest.mark.xfail(strict=True, reason=(
-        "PutObject does not compare a declared Content-Length with object_bytes_max "
-        "(5 GiB): gateway/handlers/objects.py put_object streams the body into "
-        "Store.put_object_stream, which raises EntityTooLarge only after 5 GiB were read "
-        "and spooled to disk; no answer within 10 s")) ),
+    "put_object",
     "batch_put", "delete_objects"])
 def test_ten_gigabyte_content_length_refused_fast(gateway: Gateway, bucket: str,
                                                   operation: str) -> None:
@@ -201,9 +192,6 @@ def test_ten_gigabyte_content_length_refused_fast(gateway: Gateway, bucket: str,
     assert serves(gateway)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/handlers/base.py Call.read_body (and "
-                   "gateway/chunked.py _decoded_length) accept x-amz-decoded-content-length "
-                   "'²' by str.isdigit(), then int() raises ValueError: 500 InternalError")
 def test_non_decimal_digit_lengths(s3: S3Raw, bucket: str) -> None:
     response = s3.request("PUT", f"/{bucket}/k", body=b"4\r\nbody\r\n0\r\n\r\n",
                           headers={"Content-Encoding": "aws-chunked",

@@ -5,8 +5,8 @@ defined error (a `PetrelError` subclass; for the request target also UnicodeErro
 the gateway's error middleware answers as InvalidArgument), never anything else: an
 unexpected exception is a 500 InternalError and a logged traceback per request.
 
-Known defects are pinned with `@example` so that the property fails deterministically,
-and marked xfail(strict=True) until fixed.
+Defects found this way (digits that str.isdigit() accepts and int() refuses) stay
+pinned with `@example`, so a regression fails deterministically.
 """
 
 from __future__ import annotations
@@ -140,10 +140,6 @@ _body_header_names = st.sampled_from([
     "x-amz-sdk-checksum-algorithm", "content-encoding"])
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="gateway/chunked.py _decoded_length "
-                   "checks x-amz-decoded-content-length with str.isdigit(), which accepts "
-                   "'²' (and other non-decimal digits), then int() raises ValueError: a 500 "
-                   "InternalError instead of 400 InvalidArgument")
 @FUZZ
 @given(mode=st.sampled_from(_MODES),
        headers=st.lists(st.tuples(_body_header_names, wire_text), max_size=5),
@@ -176,10 +172,6 @@ def _xml_bodies() -> st.SearchStrategy[bytes]:
     return st.one_of(structured, st.binary(max_size=200))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="gateway/xml.py "
-                   "parse_complete_multipart checks PartNumber with str.isdigit(), which "
-                   "accepts '²', then int() raises ValueError: a 500 InternalError instead of "
-                   "400 MalformedXML")
 @FUZZ
 @given(body=_xml_bodies())
 @example(body="<CompleteMultipartUpload><Part><PartNumber>²</PartNumber><ETag>e</ETag>"
