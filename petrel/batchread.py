@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from petrel import format as fmt
 from petrel import index as ix
-from petrel.errors import NoSuchKey, PetrelError
+from petrel.errors import InvalidArgument, NoSuchKey, PetrelError
 from petrel.model import GetItem, GetResult, resolve_range
 
 if TYPE_CHECKING:
@@ -129,13 +129,31 @@ async def _read_remote(store: Store, requested: list[GetItem],
                              run.end - run.start)
         for run in remote), return_exceptions=True)
     for run, fetched in zip(remote, datas, strict=True):
-        if isinstance(fetched, BaseException):
+        if isinstance(fetched, InvalidArgument):
+            # The run reaches past the end of its segment (a segment cut short): read
+            # its records one by one, so those still whole are served and those cut
+            # off are reported (and counted) as corruption.
+            await _read_each(store, requested, results, run)
+        elif isinstance(fetched, BaseException):
             failure = fetched if isinstance(fetched, PetrelError) \
                 else PetrelError(str(fetched))
             for want in run.wants:
                 results[want.position] = GetResult(requested[want.position], None, failure)
         else:
             _finish_run(store, requested, results, run, fetched, 0)
+
+
+async def _read_each(store: Store, requested: list[GetItem],
+                     results: list[GetResult | None], run: Run) -> None:
+    for want in run.wants:
+        item = requested[want.position]
+        try:
+            payload = await store._read_payload(want.entry, want.full_key)
+        except PetrelError as exc:
+            results[want.position] = GetResult(item, None, exc)
+            continue
+        _finish(store, item, results, want.position, want.entry, want.full_key, payload,
+                0, verified=True)
 
 
 def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
@@ -147,9 +165,16 @@ def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult 
 
 
 def _finish(store: Store, item: GetItem, results: list[GetResult | None], position: int,
-            entry: fmt.Entry, full_key: bytes, data: bytes | mmap.mmap, offset: int) -> None:
+            entry: fmt.Entry, full_key: bytes, data: bytes | mmap.mmap, offset: int, *,
+            verified: bool = False) -> None:
+    """Verify the record at `offset` in `data` (unless `verified`: `data` is then the
+    payload already checked) and set the item's result."""
     try:
-        body = store._check_payload(data, offset, entry.location, full_key)
+        if verified:
+            assert isinstance(data, bytes) and offset == 0
+            body = data
+        else:
+            body = store._check_payload(data, offset, entry.location, full_key)
         if item.byte_range is not None:
             start, length = resolve_range(item.byte_range, entry.size)
             body = body[start : start + length]

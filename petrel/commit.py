@@ -8,9 +8,14 @@ loop takes everything reserved so far, writes it with one `pwritev` per segment 
 records to the index in one atomic batch, and wakes the writers. Writers that arrive
 while a commit is in flight share the next one: that is group commit.
 
-An fsync failure is not retried (the page cache may have dropped the dirty pages): the
-committer stops accepting writes and the store must be reopened, which replays the
-segment tails from the index's watermark.
+An fsync failure is not retried (the page cache may have dropped the dirty pages, the
+PostgreSQL "fsyncgate" lesson): the committer stops accepting writes and the store must
+be reopened, which replays the segment tails from the index's watermark. So does a
+failed index write. A disk full (ENOSPC, EDQUOT) while writing, before any fsync, is
+different: nothing of the commit is durable or acknowledged, so the segments are cut
+back to their last committed record (and the cut synced), the commit's writers get 507
+InsufficientStorage, and writes are taken again once the disk has room (checked with
+statvfs before each write meanwhile, so a full disk is refused without touching it).
 
 A sealed segment's upload that fails is retried with backoff, for ever, and its local
 copy is kept (and served) until an upload is verified. Writes go on meanwhile, into new
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -35,14 +41,45 @@ from petrel import index as ix
 from petrel.apply import Applier
 from petrel.backends.base import Backend
 from petrel.backends.local import fsync_dir
-from petrel.errors import InternalError, PetrelError, ServiceUnavailable, SlowDown, StoreClosed
-from petrel.segments import ActiveSegment, local_segment_path, seal_file
+from petrel.errors import (
+    InsufficientStorage,
+    InternalError,
+    PetrelError,
+    ServiceUnavailable,
+    SlowDown,
+    StoreClosed,
+)
+from petrel.segments import ActiveSegment, SealResult, local_segment_path, seal_file
 from petrel.settings import Durability, StoreConfig
 
 log = logging.getLogger("petrel.commit")
 
 # (segment, start offset, buffers, end offset): one segment's share of a commit.
 _Write = tuple[ActiveSegment, int, list[bytes], int]
+_Waiter = tuple[asyncio.Future[list[PetrelError | None]], int, int]
+
+# Out of space, on the disk or in the user's quota.
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# RocksDB reports errors as text (its Status), not errno: how it words the same two.
+_NO_SPACE_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` says the disk is full or the quota exceeded."""
+    if isinstance(exc, OSError):
+        return exc.errno in _NO_SPACE_ERRNOS
+    text = str(exc)
+    return any(word in text for word in _NO_SPACE_TEXTS)
+
+
+class WriteNoSpace(Exception):
+    """A segment write (pwritev, before any fsync) found the disk full; the segments
+    were cut back to where the commit started. `needed_bytes`: what it tried to write."""
+
+    def __init__(self, cause: OSError, needed_bytes: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.needed_bytes = needed_bytes
 
 
 def now_ms() -> int:
@@ -94,13 +131,16 @@ class Committer:
         self.local = local
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="petrel-commit")
         self._group: list[fmt.FooterEntry] = []
-        self._waiters: list[tuple[asyncio.Future[list[PetrelError | None]], int, int]] = []
+        self._waiters: list[_Waiter] = []
         self._wakeup = asyncio.Event()
         # Segments that take no more records and are sealed once written (recovery
         # hands over the ones a crash left unsealed).
         self._rolled: list[ActiveSegment] = list(rolled or [])
         self._dir_sync_needed = False
         self._failed: BaseException | None = None
+        # Set after a write found the disk full: the free bytes (statvfs) that let
+        # writes through again. Cleared by the next write that gets through.
+        self._no_space_until_free_bytes: int | None = None
         self._closing = False
         self._last_write = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,17 +187,48 @@ class Committer:
 
     def check_writable(self) -> None:
         """Raise if a write cannot be taken now: StoreClosed, ServiceUnavailable after a
-        failed fsync, SlowDown while the upload backlog is full."""
+        failed fsync or index write, InsufficientStorage while the disk is still full
+        after a write found it full, SlowDown while the upload backlog is full."""
         if self._closing:
             raise StoreClosed()
         if self._failed is not None:
             raise ServiceUnavailable("a write to disk failed; the store is read-only "
                                      f"until it is reopened ({self._failed})")
+        if self._no_space_until_free_bytes is not None:
+            self._check_space(self._no_space_until_free_bytes)
         backlog = self.upload_backlog_bytes()
         if backlog >= self.config.upload_backlog_bytes_max:
             raise SlowDown(f"{backlog} bytes of segments are waiting for upload to the "
                            f"backend (limit {self.config.upload_backlog_bytes_max}); "
                            "retry later")
+
+    def _check_space(self, needed_bytes: int) -> None:
+        """Raise InsufficientStorage unless the segment directory's filesystem has
+        `needed_bytes` free; once it has, writes are let through (and find out)."""
+        try:
+            stat = os.statvfs(self.segment_dir)
+        except OSError:
+            free = needed_bytes  # cannot tell: let the write find out
+        else:
+            free = stat.f_bavail * stat.f_frsize
+        if free < needed_bytes:
+            raise InsufficientStorage(f"the disk holding the data directory is full "
+                                      f"({free} bytes free); writes are refused until "
+                                      "space is freed.")
+        self._no_space_until_free_bytes = None
+        log.warning("disk space is back (%d bytes free): taking writes again", free)
+
+    def _no_space(self, exc: BaseException, needed_bytes: int) -> InsufficientStorage:
+        """A write found the disk full: refuse writes until `needed_bytes` are free
+        (at most the largest packed payload: the smallest write must not wait for
+        room for a whole batch)."""
+        needed = max(1, min(needed_bytes, self.config.limits.pack_threshold_bytes))
+        self._no_space_until_free_bytes = needed
+        log.error("disk full, write not stored (%s); writes are refused until %d bytes "
+                  "are free", exc, needed)
+        return InsufficientStorage("the disk holding the data directory is full; the "
+                                   "write was not stored. Writes resume once space is "
+                                   "freed.")
 
     def upload_backlog_bytes(self) -> int:
         """Bytes of segments on local disk that are not (yet) in the backend."""
@@ -174,14 +245,26 @@ class Committer:
         self.check_writable()
         loop = asyncio.get_running_loop()
         start = len(self._group)
-        for pending in pendings:
-            segment = self._segment_for(pending.record.length)
-            offset = segment.reserve(pending.record)
-            location = fmt.Location(segment.segment_id, offset, pending.record.length,
-                                    pending.record.checksum)
-            entry = fmt.Entry(location, pending.flags, pending.size, pending.seq,
-                              pending.mtime_ms, pending.parts, pending.md5, pending.meta)
-            self._group.append(fmt.FooterEntry(pending.key, entry))
+        reserved: list[tuple[ActiveSegment, fmt.EncodedRecord]] = []
+        try:
+            for pending in pendings:
+                segment = self._segment_for(pending.record.length)
+                offset = segment.reserve(pending.record)
+                reserved.append((segment, pending.record))
+                location = fmt.Location(segment.segment_id, offset, pending.record.length,
+                                        pending.record.checksum)
+                entry = fmt.Entry(location, pending.flags, pending.size, pending.seq,
+                                  pending.mtime_ms, pending.parts, pending.md5,
+                                  pending.meta)
+                self._group.append(fmt.FooterEntry(pending.key, entry))
+        except OSError as exc:  # a new segment file could not be created
+            # Take this writer's reservations back: none may be written without it.
+            for segment, record in reversed(reserved):
+                segment.unreserve(record)
+            del self._group[start:]
+            if is_no_space(exc):
+                raise self._no_space(exc, sum(p.record.length for p in pendings)) from exc
+            raise InternalError(f"a segment file could not be created: {exc}") from exc
         future: asyncio.Future[list[PetrelError | None]] = loop.create_future()
         self._waiters.append((future, start, len(self._group)))
         self._last_write = time.monotonic()
@@ -239,6 +322,9 @@ class Committer:
             try:
                 await loop.run_in_executor(self._commit_pool, self._write, writes)
                 errors = self._apply(group, writes)
+            except WriteNoSpace as exc:
+                self._drop_commit(exc, writes, waiters)
+                continue
             except BaseException as exc:
                 self._fail(exc, waiters)
                 if not isinstance(exc, Exception):
@@ -267,9 +353,24 @@ class Committer:
         return [s for s in segments if s.durable < s.tail]
 
     def _write(self, writes: list[_Write]) -> None:
+        """Write every segment's share, then sync each (thread: commit). A disk full
+        while writing raises WriteNoSpace after cutting every segment back to where this
+        commit started (and syncing the cut); any other failure leaves it to `_fail`."""
         sync = self.config.durability is not Durability.NONE
-        for segment, start, parts, end in writes:
-            segment.write(start, parts, end, sync=sync)
+        try:
+            for segment, start, parts, end in writes:
+                segment.write(start, parts, end)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # Bytes of this commit may be on disk (a short write; whole records among
+            # them): unacknowledged, so cut off before any later write is acknowledged.
+            # A failure to cut escapes to `_fail`: the store then goes read-only.
+            for segment, start, _, _ in writes:
+                segment.truncate(start, sync=sync)
+            raise WriteNoSpace(exc, sum(end - start for _, start, _, end in writes)) from exc
+        for segment, _, _, end in writes:
+            segment.sync(end, sync=sync)
         if self._dir_sync_needed and sync:
             self._dir_sync_needed = False
             fsync_dir(self.segment_dir)
@@ -286,15 +387,38 @@ class Committer:
             self.on_orphans(applied.orphan_records)
         return applied.errors
 
-    def _fail(self, exc: BaseException, waiters: list[tuple[asyncio.Future[
-            list[PetrelError | None]], int, int]]) -> None:
+    def _drop_commit(self, exc: WriteNoSpace, writes: list[_Write],
+                     waiters: list[_Waiter]) -> None:
+        """The disk was full: this commit's records were cut off the segments. Fail
+        its writers and those of the next commit (their offsets follow the cut-off
+        bytes), forget every reservation, and take writes again once there is room."""
+        error = self._no_space(exc.cause, exc.needed_bytes)
+        starts = {segment.segment_id: start for segment, start, _, _ in writes}
+        segments = {segment.segment_id: segment for segment, _, _, _ in writes}
+        segments.update((s.segment_id, s) for s in self._rolled)
+        if self.active is not None:
+            segments[self.active.segment_id] = self.active
+        for segment_id, segment in segments.items():
+            segment.discard_reserved(starts.get(segment_id))
+        self._fail_waiters(waiters, error)
+        self._seal_rolled()  # a segment rolled meanwhile may be whole again
+
+    def _fail(self, exc: BaseException, waiters: list[_Waiter]) -> None:
         log.critical("commit failed; refusing writes until reopened: %r", exc)
         self._failed = exc
-        error = InternalError(f"the write could not be made durable: {exc}")
-        for future, _, _ in waiters:
-            if not future.done():
-                future.set_exception(error)
-        for future, _, _ in self._waiters:
+        error: PetrelError
+        if is_no_space(exc):  # a sync or the index found the disk full: read-only too
+            error = InsufficientStorage("the disk holding the data directory is full and "
+                                        "a write to it failed; the write was not stored, "
+                                        "and the store is read-only until it is reopened")
+        else:
+            error = InternalError(f"the write could not be made durable: {exc}")
+        self._fail_waiters(waiters, error)
+
+    def _fail_waiters(self, waiters: list[_Waiter], error: PetrelError) -> None:
+        """Fail `waiters` (the commit that failed) and everyone waiting for the next
+        one, whose records are dropped too."""
+        for future, _, _ in [*waiters, *self._waiters]:
             if not future.done():
                 future.set_exception(error)
         self._waiters = []
@@ -335,8 +459,12 @@ class Committer:
         An upload that fails is retried with backoff (until `retry_until`, a monotonic
         time, if given); the local copy stays meanwhile, and for good if it never
         succeeds (the segment is then uploaded by the next open)."""
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.io_pool, seal_file, segment.path)
+        result = await self._seal_file(segment, retry_until)
+        if result is None:
+            log.warning("segment %x not sealed before close (disk full); it stays on "
+                        "local disk and is sealed when the store is next opened",
+                        segment.segment_id)
+            return
         if result.corrupt_ranges:
             log.error("segment %x sealed with corrupt ranges skipped: %s",
                       segment.segment_id, result.corrupt_ranges)
@@ -356,6 +484,26 @@ class Committer:
         segment.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.path)
+
+    async def _seal_file(self, segment: ActiveSegment, retry_until: float | None
+                         ) -> SealResult | None:
+        """`seal_file`, retried with backoff while the disk is full (the footer needs
+        room; a partly written one is cut off by the next try), until `retry_until`
+        (a monotonic time) if given: then None. Other failures are raised."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.upload_retry_delay_s_min
+        while True:
+            try:
+                return await loop.run_in_executor(self.io_pool, seal_file, segment.path)
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                if retry_until is not None and time.monotonic() + delay > retry_until:
+                    return None
+                log.warning("sealing segment %x: disk full (retry in %.1fs): %s",
+                            segment.segment_id, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.upload_retry_delay_s_max)
 
     async def _upload_with_retries(self, segment: ActiveSegment, name: str, size: int,
                                    retry_until: float | None) -> bool:

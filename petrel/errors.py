@@ -120,6 +120,19 @@ class StoreClosed(ServiceUnavailable):
     message = "The store is shutting down."
 
 
+class InsufficientStorage(PetrelError):
+    """The local disk is full (ENOSPC) or over quota (EDQUOT): the write was not stored.
+
+    S3 has no error code for this (AWS never runs out of disk). petrel answers HTTP 507
+    Insufficient Storage (RFC 4918) with code "InsufficientStorage": a 503 SlowDown would
+    tell clients to retry soon, hiding a condition an operator has to act on, and a 500
+    says nothing about the cause. Writes are taken again once space returns.
+    """
+
+    code, status = "InsufficientStorage", 507
+    message = "The server's disk is full; the write was not stored. Retry once space is freed."
+
+
 # ----- storage faults ----------------------------------------------------------------
 class CorruptionError(PetrelError):
     """Bytes read from disk or a backend failed their checksum or do not parse.

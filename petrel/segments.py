@@ -7,6 +7,7 @@ sealed and uploaded; after that the backend holds it under `format.segment_blob_
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -21,6 +22,8 @@ from petrel.errors import CorruptionError
 log = logging.getLogger("petrel.segments")
 
 _IOV_MAX = 1024
+# What preadv answers for a flag the filesystem or kernel does not support.
+_NOWAIT_REFUSED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 
 
 def local_segment_path(directory: str, segment_id: int) -> str:
@@ -50,7 +53,15 @@ class ActiveSegment:
         if create_ms is not None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             header = fmt.encode_segment_header(fmt.SegmentHeader(segment_id, create_ms))
-            os.pwrite(fd, header, 0)
+            try:
+                written = os.pwrite(fd, header, 0)
+                if written != len(header):  # a short write: only ENOSPC does that here
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            except OSError:
+                # A disk full at creation must not leave a headerless file behind.
+                os.close(fd)
+                os.unlink(path)
+                raise
             self.tail = len(header)
         else:
             fd = os.open(path, os.O_RDWR)
@@ -75,8 +86,18 @@ class ActiveSegment:
         self._pending_start = self.tail
         return start, parts, end
 
-    def write(self, start: int, parts: list[bytes], end: int, *, sync: bool) -> None:
-        """Write reserved bytes at their offsets; fdatasync when `sync`. Thread: commit."""
+    def unreserve(self, record: fmt.EncodedRecord) -> None:
+        """Take back the last `reserve` (its writer failed before waiting on it).
+        Event-loop thread only, before the commit loop took the bytes."""
+        count = len(record.parts)
+        assert tuple(self._pending[-count:]) == tuple(record.parts), "not the last reservation"
+        del self._pending[-count:]
+        self.tail -= record.length
+
+    def write(self, start: int, parts: list[bytes], end: int) -> None:
+        """Write reserved bytes at their offsets (no sync: see `sync`). Thread: commit.
+        Raises OSError (ENOSPC when the disk is full); bytes may then be partly written,
+        and the caller cuts them off with `truncate`."""
         position = start
         for first in range(0, len(parts), _IOV_MAX):
             chunk = parts[first : first + _IOV_MAX]
@@ -90,9 +111,34 @@ class ActiveSegment:
                     data = data[count:]
             position += expected
         assert position == end, (position, end)
+
+    def sync(self, end: int, *, sync: bool) -> None:
+        """Make the bytes written up to `end` durable (fdatasync when `sync`; the NONE
+        durability mode skips it). Thread: commit. An OSError here must not be retried:
+        the kernel may have dropped the dirty pages it failed to write back."""
         if sync:
             os.fdatasync(self.fd)
         self.durable = end
+
+    def truncate(self, length: int, *, sync: bool) -> None:
+        """Cut the file back to `length`, the end of its last committed record, after
+        a failed write: the bytes past it were never acknowledged, and a whole record
+        among them must not be replayed as valid after a crash, so the cut is synced
+        (when `sync`) before any later write is acknowledged. Thread: commit."""
+        os.ftruncate(self.fd, length)
+        if sync:
+            os.fsync(self.fd)
+
+    def discard_reserved(self, length: int | None = None) -> None:
+        """Forget every reservation past `length` (default: those not yet taken by a
+        commit), after a failed commit whose writers, and the next commit's, were
+        failed. The file itself is cut by `truncate`. Event-loop thread only."""
+        if length is None:
+            length = self._pending_start
+        assert self.durable <= length <= self.tail, (self.durable, length, self.tail)
+        self._pending = []
+        self._pending_start = length
+        self.tail = length
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
@@ -110,12 +156,19 @@ class SealedFiles:
     `read_cached` never waits for the disk: it reads with RWF_NOWAIT and answers None
     when the bytes are not all in the page cache, so the event loop never stalls on a
     cold read (the caller then reads in a worker thread). Event-loop thread only.
+
+    Some filesystems refuse RWF_NOWAIT (tmpfs answers EOPNOTSUPP; kernels without it,
+    EINVAL). The first refusal turns the fast path off for this instance (all its files
+    are under one backend root) and every read goes to the worker thread, as a page-cache
+    miss does: a filesystem that refuses the flag may be a disk, where an inline pread
+    could stall the loop; on tmpfs the cost is only a thread hop.
     """
 
     def __init__(self, path_of: Callable[[str], str], limit: int) -> None:
         self._path_of = path_of
         self._limit = limit
         self._files: OrderedDict[int, BinaryIO] = OrderedDict()
+        self._nowait: int | None = getattr(os, "RWF_NOWAIT", None)
 
     def _file(self, segment_id: int) -> BinaryIO:
         handle = self._files.get(segment_id)
@@ -130,13 +183,23 @@ class SealedFiles:
         return handle
 
     def read_cached(self, segment_id: int, offset: int, length: int) -> bytes | None:
-        """The bytes if the page cache holds them all; None if reading would block.
-        Raises FileNotFoundError if the segment file is gone."""
+        """The bytes if the page cache holds them all; None if reading would block, or
+        the filesystem does not support non-blocking reads (read in a worker thread
+        then). Raises FileNotFoundError if the segment file is gone."""
+        if self._nowait is None:
+            return None
+        handle = self._file(segment_id)
         buffer = bytearray(length)
         try:
-            count = os.preadv(self._file(segment_id).fileno(), [buffer], offset,
-                              os.RWF_NOWAIT)
+            count = os.preadv(handle.fileno(), [buffer], offset, self._nowait)
         except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _NOWAIT_REFUSED:
+                raise
+            log.info("the filesystem of sealed segments refuses RWF_NOWAIT (%s); reading "
+                     "them in worker threads", os.strerror(exc.errno or 0))
+            self._nowait = None
             return None
         return bytes(buffer) if count == length else None
 

@@ -584,15 +584,28 @@ class Store:
                                       chunk_bytes)
 
     async def _read_payload(self, entry: fmt.Entry, full_key: bytes) -> bytes:
-        """The verified payload of the record `entry` points at."""
+        """The verified payload of the record `entry` points at. Raises CorruptionError
+        (counted, logged) if it fails its checksum or the segment ends before it."""
         location = entry.location
         local = self._read_local(location)
         if local is not None:
             return self._check_payload(local[0], local[1], location, full_key)
         loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(
-            self.io_pool, self.backend.get_range,
-            fmt.segment_blob_name(location.segment_id), location.offset, location.length)
+        try:
+            data = await loop.run_in_executor(
+                self.io_pool, self.backend.get_range,
+                fmt.segment_blob_name(location.segment_id), location.offset,
+                location.length)
+        except InvalidArgument as exc:
+            # The backend's word for a range past a blob's end. This range comes from the
+            # index, so the segment was cut short under us: corruption, not a bad request.
+            self.corruptions_detected += 1
+            log.error("corrupt record for %r in segment %x at %d: the segment ends before "
+                      "the record's %d bytes (%s)", full_key, location.segment_id,
+                      location.offset, location.length, exc)
+            raise CorruptionError("stored object failed its integrity check (its record "
+                                  "is cut short)",
+                                  resource=full_key.decode(errors="replace")) from exc
         return self._check_payload(data, 0, location, full_key)
 
     def _read_local(self, location: fmt.Location) -> tuple[bytes | mmap.mmap, int] | None:
@@ -632,8 +645,11 @@ class Store:
     async def _read_large(self, payload: bytes, start: int, length: int) -> bytes:
         ref = fmt.decode_large_ref(payload)
         loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(self.io_pool, self.backend.get_range, ref.blob,
-                                          start, length)
+        try:
+            body = await loop.run_in_executor(self.io_pool, self.backend.get_range,
+                                              ref.blob, start, length)
+        except InvalidArgument as exc:  # the blob is shorter than its reference says
+            raise self._large_cut_short(ref, exc) from exc
         if start == 0 and length == ref.size and fmt.content_checksum(body) != \
                 ref.content_checksum:
             self.corruptions_detected += 1
@@ -648,8 +664,11 @@ class Store:
         position, end = start, start + length
         while position < end:
             count = min(chunk_bytes, end - position)
-            chunk = await loop.run_in_executor(self.io_pool, self.backend.get_range,
-                                               ref.blob, position, count)
+            try:
+                chunk = await loop.run_in_executor(self.io_pool, self.backend.get_range,
+                                                   ref.blob, position, count)
+            except InvalidArgument as exc:  # the blob is shorter than its reference says
+                raise self._large_cut_short(ref, exc) from exc
             if verify:
                 checksum.update(chunk)
             position += count
@@ -657,6 +676,15 @@ class Store:
                 self.corruptions_detected += 1
                 raise CorruptionError(f"large object blob {ref.blob} failed its checksum")
             yield chunk
+
+    def _large_cut_short(self, ref: fmt.LargeRef, exc: InvalidArgument) -> CorruptionError:
+        """A large object's blob ends before the size its reference records (part of
+        the large-object read path): count, log, and the error to raise."""
+        self.corruptions_detected += 1
+        log.error("large object blob %s is shorter than its %d bytes: %s", ref.blob,
+                  ref.size, exc)
+        return CorruptionError("stored object failed its integrity check (its data is "
+                               "cut short)")
 
     async def get_objects(self, items: Sequence[GetItem]) -> list[GetResult]:
         """The batch get primitive: results in request order, missing keys included.

@@ -118,13 +118,13 @@ def quarantine(report: FsckReport, config: StoreConfig, backend: Backend,
     os.makedirs(directory, exist_ok=True)
     whole = {problem.split(": ", 1)[0] for problem in report.corrupt_segments}
     bad: dict[int, list[tuple[int, int]]] = {}  # segment id -> corrupt [start, end)
-    copies = []
+    copies: list[tuple[str, int, int | None]] = []
     for where in sorted(whole):
         bad.setdefault(report.segment_ids[where], []).append((0, 2**63))
         copies.append((where, 0, None))
-    for where, start, end in report.corrupt_ranges:
-        bad.setdefault(report.segment_ids[where], []).append((start, end))
-        copies.append((where, start, end))
+    for where, first, last in report.corrupt_ranges:
+        bad.setdefault(report.segment_ids[where], []).append((first, last))
+        copies.append((where, first, last))
     files = []
     for where, start, end in copies:
         target = os.path.join(directory, f"{os.path.basename(where)}@{start}-{end or 'end'}.bin")
@@ -136,26 +136,26 @@ def quarantine(report: FsckReport, config: StoreConfig, backend: Backend,
             size = backend.size(where)
             stop = size if end is None else min(end, size)
             data = backend.get_range(where, start, stop - start)
-        with open(target, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with open(target, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
         files.append({"from": where, "start": start, "end": end, "file": target})
 
     async def delete_affected() -> list[str]:
         store = await Store.open(config)  # its own backend: ours stays open
         try:
             names = {row.bucket_id: name for name, row in store.applier.buckets.items()}
-            doomed = []
-            for bucket_id, key, entry in ix.Index(store.kv).iter_all_objects():
+            doomed: list[tuple[str, str]] = []
+            for bucket_id, raw_key, entry in ix.Index(store.kv).iter_all_objects():
                 location = entry.location
                 ranges = bad.get(location.segment_id, ())
                 if any(start < location.offset + location.length and location.offset < end
                        for start, end in ranges) and bucket_id in names:
-                    doomed.append((names[bucket_id], key.decode("utf-8", "replace")))
-            for bucket, key in doomed:
-                await store.delete_object(bucket, key)
-            return [f"{bucket}/{key}" for bucket, key in doomed]
+                    doomed.append((names[bucket_id], raw_key.decode("utf-8", "replace")))
+            for bucket, name in doomed:
+                await store.delete_object(bucket, name)
+            return [f"{bucket}/{name}" for bucket, name in doomed]
         finally:
             await store.close()
 

@@ -156,11 +156,6 @@ def test_truncated_active_segment(running: Gateway) -> None:
     assert serves(running)
 
 
-@pytest.mark.xfail(strict=True, reason="a sealed segment cut short under a running gateway "
-                   "is answered 400 InvalidArgument ('range ... runs past the end of "
-                   "segments/....seg', leaking the server path), not counted as a corruption: "
-                   "petrel/backends/local.py LocalBackend.get_range raises InvalidArgument for a "
-                   "range past the end, and petrel/store.py _read_payload passes it through")
 def test_truncated_sealed_segment(running: Gateway) -> None:
     with client(running) as s3:
         objects = put_objects(s3, 60)
@@ -398,9 +393,6 @@ def test_disk_full_keeps_every_acknowledged_write(disk_full: DiskFullRun) -> Non
     assert disk_full.restart_failures == []
 
 
-@pytest.mark.xfail(strict=True, reason="ENOSPC during a commit is answered "
-                   "500 InternalError ('the write could not be made durable'): petrel/commit.py "
-                   "Committer._fail maps every commit failure to InternalError")
 def test_disk_full_answer_is_503_or_507_with_clear_error(disk_full: DiskFullRun) -> None:
     assert disk_full.first_error is not None
     status, code, body = disk_full.first_error
@@ -411,19 +403,11 @@ def test_disk_full_answer_is_503_or_507_with_clear_error(disk_full: DiskFullRun)
         assert later_status in (503, 507)
 
 
-@pytest.mark.xfail(strict=True, reason="after one failed commit the store "
-                   "refuses every write (503 'read-only until it is reopened') until restarted: "
-                   "petrel/commit.py Committer._fail sets _failed for good and check_writable "
-                   "never clears it")
 def test_disk_full_writes_resume_when_space_returns(disk_full: DiskFullRun) -> None:
     assert disk_full.resumed_after_s is not None, \
         f"writes still refused 10 s after space returned: {disk_full.later_errors}"
 
 
-@pytest.mark.xfail(strict=True, reason="petrel/segments.py SealedFiles.read_cached calls "
-                   "os.preadv(..., os.RWF_NOWAIT) and catches only BlockingIOError: on tmpfs "
-                   "(and other filesystems without RWF_NOWAIT) it raises EOPNOTSUPP, so every "
-                   "GET of an object in a sealed segment is a 500")
 def test_sealed_segments_readable_on_tmpfs(tmp_path: Path) -> None:
     """A data directory on tmpfs (a RAM scratch volume, Kubernetes emptyDir medium
     Memory): objects in sealed segments must be served like any other."""
