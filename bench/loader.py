@@ -365,6 +365,34 @@ def markdown(results: list[SizeResult], meta: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+# ----- one row of python -m bench (bench/side_by_side.py) ------------------------------------
+def side_by_side_rows(endpoint: str, access_key: str, secret_key: str, size: int,
+                      objects: int, duration_s: float) -> list[dict[str, Any]]:
+    """The DataLoader (batch 256, 2 workers) over petrel.torch.Dataset against a running
+    gateway, as rows of bench/side_by_side.py's table: `objects` objects of `size`
+    bytes are stored, then read in a shuffled epoch (bounded by `duration_s`)."""
+    with tempfile.TemporaryDirectory(prefix="petrel-bench-loader-") as work:
+        conf = os.path.join(work, "petreloss.conf")
+        with open(conf, "w", encoding="utf-8") as handle:
+            handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
+                         f"{endpoint}\naccess_key = {access_key}\nsecret_key = {secret_key}\n")
+        client = Client(conf, batch_size=1000)
+        client.create_bucket(f"s3://{BUCKET}")
+        keys = keys_for(size, objects)
+        store_petrel(client, size, keys, os.urandom(max(4 << 20, 4 * size)))
+        sampler = EpochSampler(objects, shuffle=True, seed=SEED)
+        dataset = Dataset([f"s3://{BUCKET}/{k}" for k in keys], conf_path=conf, order=sampler)
+        run = dataloader("DataLoader", dataset, sampler, max(duration_s * 4, 30.0), "")
+        client.close()
+    rate = run.per_s
+    return [{"workload": "PyTorch DataLoader", "system": "petrel", "size": size,
+             "requests_per_s": rate / DATALOADER_BATCH, "objects_per_s": rate,
+             "mb_per_s": run.bytes / run.seconds / 1e6 if run.seconds else 0.0,
+             "p50_ms": None, "p99_ms": None, "errors": 0, "durability": "batch",
+             "how": f"torch DataLoader, batch {DATALOADER_BATCH}, {DATALOADER_WORKERS} "
+                    "workers, petrel.torch.Dataset (one batch get per batch, pre-read)"}]
+
+
 # ----- main -------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
