@@ -277,7 +277,7 @@ def write_results(rows: list[Row], settings: Settings, argv: Sequence[str]) -> s
     stamp = datetime.date.today().isoformat()
     base = os.path.join(settings.out_dir, stamp)
     described = machine.describe(settings.work_dir)
-    document = {"date": stamp, "command": "python -m bench " + " ".join(argv),
+    document = {"date": stamp, "command": " ".join(["python -m bench", *argv]),
                 "machine": asdict(described), "seaweedfs": weed_version(),
                 "settings": asdict(settings), "rows": [asdict(r) for r in rows]}
     with open(base + ".json", "w", encoding="utf-8") as handle:
