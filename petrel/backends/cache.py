@@ -23,7 +23,7 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from petrel.backends.base import Backend, check_blob_name
@@ -31,6 +31,13 @@ from petrel.errors import InvalidArgument
 
 # Blob sizes remembered (one HEAD per blob otherwise), at most.
 _SIZES_MAX = 100_000
+
+
+# How long a reader waits for another thread's fetch of the same block before reading
+# the range itself (a fetch normally takes milliseconds).
+_INFLIGHT_WAIT_S = 60.0
+_DONE = threading.Event()
+_DONE.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,10 @@ class CachedBackend:
         # Bumped by every write or delete: a read that saw it change mid-way may hold
         # blocks of two versions, and is answered by the inner backend instead.
         self._invalidations = 0
+        # Blocks being fetched now, by the thread that claimed them: another reader of
+        # the same block waits for that fetch instead of fetching it again (a cold pass
+        # of many concurrent batches would otherwise fetch each block many times).
+        self._inflight: dict[tuple[str, int], threading.Event] = {}
         self._bytes = 0
         self._hits = self._misses = self._fetches = self._fetched = self._evictions = 0
 
@@ -90,60 +101,104 @@ class CachedBackend:
         if offset + length > size:
             raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
         first, last = offset // self.block_bytes, (offset + length - 1) // self.block_bytes
-        blocks = self._read_blocks(name, first, last, size, invalidations)
+        pieces = self._read_blocks(name, first, last, size, invalidations, offset, length)
         with self._lock:
             changed = invalidations != self._invalidations
         if changed:
             return self.inner.get_range(name, offset, length)
-        data = b"".join(blocks)
-        start = offset - first * self.block_bytes
-        return data[start : start + length]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _read_blocks(self, name: str, first: int, last: int, size: int,
-                     invalidations: int) -> list[bytes]:
-        """Blocks first..last of `name`: cached ones from disk, each run of missing
-        ones fetched with one ranged read (and stored)."""
+                     invalidations: int, offset: int, length: int) -> list[bytes]:
+        """The parts of blocks first..last that [offset, offset + length) covers: from
+        the cached block files (only the bytes wanted are read), each run of missing
+        blocks fetched whole with one ranged read (and stored)."""
+        def wanted(index: int) -> tuple[int, int]:
+            """The range of block `index` (relative to its start) the read covers."""
+            base = index * self.block_bytes
+            return max(offset, base) - base, min(offset + length, base + self.block_bytes) - base
+
         found: dict[int, bytes] = {}
         for index in range(first, last + 1):
-            data = self._load(name, index)
+            data = self._load(name, index, *wanted(index))
             if data is not None:
                 found[index] = data
-        index = first
-        while index <= last:
-            if index in found:
-                index += 1
-                continue
-            run_end = index
-            while run_end + 1 <= last and run_end + 1 not in found:
+        mine: list[int] = []
+        theirs: dict[int, threading.Event] = {}
+        with self._lock:
+            for index in range(first, last + 1):
+                if index in found:
+                    continue
+                if (name, index) in self._blocks:  # stored since the pass above
+                    theirs[index] = _DONE
+                    continue
+                event = self._inflight.get((name, index))
+                if event is None:
+                    self._inflight[(name, index)] = threading.Event()
+                    mine.append(index)
+                else:
+                    theirs[index] = event
+        try:
+            self._fetch_runs(name, mine, size, invalidations, wanted, found)
+        finally:
+            with self._lock:
+                for index in mine:
+                    self._inflight.pop((name, index)).set()
+        for index, event in theirs.items():
+            event.wait(_INFLIGHT_WAIT_S)
+            data = self._load(name, index, *wanted(index))
+            if data is None:  # that fetch failed (or the block is gone): read it here
+                lo, hi = wanted(index)
+                data = self.inner.get_range(name, index * self.block_bytes + lo, hi - lo)
+            found[index] = data
+        return [found[i] for i in range(first, last + 1)]
+
+    def _fetch_runs(self, name: str, blocks: list[int], size: int, invalidations: int,
+                    wanted: Callable[[int], tuple[int, int]], found: dict[int, bytes]
+                    ) -> None:
+        """Fetch `blocks` (ascending), each contiguous run with one ranged read; store
+        them and put the wanted part of each in `found`."""
+        position = 0
+        while position < len(blocks):
+            run_start = run_end = blocks[position]
+            while position + 1 < len(blocks) and blocks[position + 1] == run_end + 1:
+                position += 1
                 run_end += 1
-            start = index * self.block_bytes
+            position += 1
+            start = run_start * self.block_bytes
             end = min((run_end + 1) * self.block_bytes, size)
             fetched = self.inner.get_range(name, start, end - start)
             with self._lock:
-                self._misses += run_end - index + 1
+                self._misses += run_end - run_start + 1
                 self._fetches += 1
                 self._fetched += len(fetched)
-            for block in range(index, run_end + 1):
-                offset = (block - index) * self.block_bytes
-                found[block] = fetched[offset : offset + self.block_bytes]
-                self._store(name, block, found[block], invalidations)
-            index = run_end + 1
-        return [found[i] for i in range(first, last + 1)]
+            for block in range(run_start, run_end + 1):
+                at = (block - run_start) * self.block_bytes
+                whole = fetched[at : at + self.block_bytes]
+                self._store(name, block, whole, invalidations)
+                lo, hi = wanted(block)
+                found[block] = whole[lo:hi]
 
     def _path(self, name: str, index: int) -> str:
         digest = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
         return os.path.join(self.directory, digest[:2], f"{digest}.{index}")
 
-    def _load(self, name: str, index: int) -> bytes | None:
+    def _load(self, name: str, index: int, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of cached block `index`, or None if it is not cached."""
         key = (name, index)
         with self._lock:
             if key not in self._blocks:
                 return None
             self._blocks.move_to_end(key)
         try:
-            with open(self._path(name, index), "rb") as handle:
-                data = handle.read()
+            fd = os.open(self._path(name, index), os.O_RDONLY)
         except FileNotFoundError:  # evicted between the lookup and the open
+            return None
+        try:
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        if len(data) != end - start:  # a block file cut short: fetch it again
             return None
         with self._lock:
             self._hits += 1

@@ -5,7 +5,10 @@ and the cache itself: bounded in bytes, LRU, counted, one inner read per missing
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from conformance import BackendConformance, blob_bytes  # noqa: E402
 from petrel.backends.base import Backend  # noqa: E402
 from petrel.backends.cache import CachedBackend  # noqa: E402
 from petrel.backends.local import LocalBackend  # noqa: E402
-from petrel.errors import BlobNotFound, InvalidArgument  # noqa: E402
+from petrel.errors import BackendError, BlobNotFound, InvalidArgument  # noqa: E402
 
 BLOCK = 4096
 
@@ -149,3 +152,56 @@ def test_settings_are_checked(inner: CountingBackend, tmp_path: Path) -> None:
         CachedBackend(inner, str(tmp_path / "c"), bytes_max=BLOCK, block_bytes=1024)
     with pytest.raises(ValueError):
         CachedBackend(inner, str(tmp_path / "c"), bytes_max=BLOCK - 1, block_bytes=BLOCK)
+
+
+class SlowBackend(CountingBackend):
+    """Holds every ranged read until released, so readers overlap for certain."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        assert self.release.wait(10)
+        return super().get_range(name, offset, length)
+
+
+def test_concurrent_readers_of_a_block_fetch_it_once(tmp_path: Path) -> None:
+    inner = SlowBackend(str(tmp_path / "blobs"))
+    data = blob_bytes(3, 4 * BLOCK)
+    inner.put_bytes("segments/3", data)
+    cache = cache_over(inner, tmp_path, 100)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get_range, "segments/3", BLOCK + 100 * i, 50)
+                   for i in range(8)]
+        time.sleep(0.2)  # every reader is waiting on the one fetch by now
+        inner.release.set()
+        got = [f.result(timeout=10) for f in futures]
+    assert got == [data[BLOCK + 100 * i : BLOCK + 100 * i + 50] for i in range(8)]
+    assert inner.reads == [("segments/3", BLOCK, BLOCK)]  # one fetch for eight readers
+    inner.close()
+
+
+def test_a_failed_fetch_leaves_waiters_to_read_for_themselves(tmp_path: Path) -> None:
+    class FailOnce(CountingBackend):
+        failed = False
+
+        def get_range(self, name: str, offset: int, length: int) -> bytes:
+            if not FailOnce.failed:
+                FailOnce.failed = True
+                time.sleep(0.2)
+                raise BackendError("the store is down")
+            return super().get_range(name, offset, length)
+
+    inner = FailOnce(str(tmp_path / "blobs"))
+    data = blob_bytes(4, 2 * BLOCK)
+    inner.put_bytes("segments/4", data)
+    cache = cache_over(inner, tmp_path, 100)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get_range, "segments/4", 10, 20)
+        time.sleep(0.05)
+        second = pool.submit(cache.get_range, "segments/4", 40, 20)
+        with pytest.raises(BackendError):
+            first.result(timeout=10)
+        assert second.result(timeout=10) == data[40:60]
+    inner.close()
