@@ -92,21 +92,32 @@ class S3Raw:
         digest = payload_hash or hashlib.sha256(body).hexdigest()
         signed = self.signer.sign(method, raw_path, query, given, digest)
         target = raw_path + (f"?{query}" if query else "")
-        connection = self._connection
-        if connection is None:
-            connection = http.client.HTTPConnection(self.host, self.port,
-                                                    timeout=self.timeout_s)
-            self._connection = connection
-        try:
-            # Header values go on the wire as UTF-8, the bytes the signature covers
-            # (http.client would send them as Latin-1).
-            wire_headers = {k: v.encode("utf-8").decode("latin-1") for k, v in signed.items()}
-            connection.request(method, target, body=body, headers=wire_headers)
-            answer = connection.getresponse()
-            data = answer.read()
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise S3Failure(f"{method} {target}: {exc!r}") from exc
+        # Header values go on the wire as UTF-8, the bytes the signature covers
+        # (http.client would send them as Latin-1).
+        wire_headers = {k: v.encode("utf-8").decode("latin-1") for k, v in signed.items()}
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            connection = self._connection
+            if connection is None:
+                connection = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout_s)
+                self._connection = connection
+            try:
+                connection.request(method, target, body=body, headers=wire_headers)
+                answer = connection.getresponse()
+                data = answer.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError,
+                    ConnectionResetError) as exc:
+                self.close()
+                # A kept-alive connection the server closed as idle just as the request
+                # went out: it was never read, so it is sent again on a new one, once
+                # (what urllib3 and botocore do).
+                if not reused or attempt == 2:
+                    raise S3Failure(f"{method} {target}: {exc!r}") from exc
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise S3Failure(f"{method} {target}: {exc!r}") from exc
         if answer.will_close:
             self.close()
         return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
