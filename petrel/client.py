@@ -41,7 +41,14 @@ import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 import urllib3
 
 from petrel import wire
-from petrel.errors import MalformedBatch, NoSuchBucket, NoSuchKey, PetrelError, error_for_code
+from petrel.errors import (
+    InternalError,
+    MalformedBatch,
+    NoSuchBucket,
+    NoSuchKey,
+    PetrelError,
+    error_for_code,
+)
 from petrel.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer
 from petrel.transport import Endpoint, RetryPolicy, Timeouts, Transport
 
@@ -377,7 +384,7 @@ class Client:
             page = self._list_page(loc, prefix, None, None, 1)
         except NoSuchBucket:
             return False
-        return bool(page.keys or page.prefixes)
+        return bool(page.objects or page.prefixes)
 
     def list(self, url: str, **kwargs: Any) -> Iterator[str]:
         """Lazily, the names in the directory `url`, relative to it; sub-directories end
@@ -392,7 +399,7 @@ class Client:
         while True:
             page = self._list_page(loc, prefix, "/", token, LIST_PAGE_KEYS)
             yield from (name[len(prefix):] for name in page.prefixes)
-            yield from (entry["Key"][len(prefix):] for entry in page.keys)
+            yield from (listed.key[len(prefix):] for listed in page.objects)
             token = page.next_token
             if token is None:
                 return
@@ -405,13 +412,16 @@ class Client:
         token: str | None = None
         while True:
             page = self._list_page(loc, loc.key, None, token, LIST_PAGE_KEYS)
-            yield from ((f"{loc.bucket}/{entry['Key']}", entry) for entry in page.keys)
+            yield from ((f"{loc.bucket}/{listed.key}",
+                         {"Key": listed.key, "Size": listed.size, "ETag": f'"{listed.etag}"',
+                          "LastModified": listed.last_modified})
+                        for listed in page.objects)
             token = page.next_token
             if token is None:
                 return
 
     def _list_page(self, loc: Location, prefix: str, delimiter: str | None,
-                   token: str | None, max_keys: int) -> _Page:
+                   token: str | None, max_keys: int) -> ListPage:
         query = [("list-type", "2"), ("encoding-type", "url"), ("prefix", prefix),
                  ("max-keys", str(max_keys))]
         if delimiter is not None:
@@ -419,7 +429,7 @@ class Client:
         if token is not None:
             query.append(("continuation-token", token))
         response = self._request("GET", Location(loc.cluster, loc.bucket, ""), query)
-        return _parse_list_page(response.data)
+        return parse_list_page(response.data)
 
     def _list_buckets(self, cluster: str) -> builtins.list[str]:
         response = self._transport(cluster).request("GET", "/", payload_hash=EMPTY_SHA256)
@@ -548,29 +558,51 @@ class Client:
 
 # ----- pure helpers ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class _Page:
-    keys: list[dict[str, Any]]
+class ListedObject:
+    """One object of a listing page (ETag without quotes)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One ListObjectsV2 page: objects, common prefixes, and the token of the next page
+    (None on the last)."""
+
+    objects: list[ListedObject]
     prefixes: list[str]
     next_token: str | None
 
 
-def _parse_list_page(body: bytes) -> _Page:
+def parse_list_page(body: bytes) -> ListPage:
+    """A ListObjectsV2 answer sent with encoding-type=url. Raises InternalError for a
+    truncated page without a continuation token (a server that cannot be paged)."""
     root = SafeET.fromstring(body)
-    keys = []
-    for node in root.iter(f"{_S3}Contents"):
-        keys.append({
-            "Key": unquote(node.findtext(f"{_S3}Key") or ""),
-            "Size": int(node.findtext(f"{_S3}Size") or 0),
-            "ETag": node.findtext(f"{_S3}ETag") or "",
-            "LastModified": datetime.fromisoformat(node.findtext(f"{_S3}LastModified") or ""),
-        })
+    objects = [ListedObject(unquote(node.findtext(f"{_S3}Key") or ""),
+                            int(node.findtext(f"{_S3}Size") or 0),
+                            (node.findtext(f"{_S3}ETag") or "").strip('"'),
+                            _iso_date(node.findtext(f"{_S3}LastModified")))
+               for node in root.iter(f"{_S3}Contents")]
     prefixes = [unquote(node.findtext(f"{_S3}Prefix") or "")
                 for node in root.iter(f"{_S3}CommonPrefixes")]
     truncated = root.findtext(f"{_S3}IsTruncated") == "true"
     token = root.findtext(f"{_S3}NextContinuationToken") if truncated else None
     if truncated and not token:
-        raise MalformedBatch("a truncated listing page without a continuation token")
-    return _Page(keys, prefixes, token)
+        raise InternalError("the server sent a truncated listing without a continuation "
+                            "token")
+    return ListPage(objects, prefixes, token)
+
+
+def _iso_date(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _decode_get_response(body: bytes, items: Sequence[tuple[str, object]]) -> list[GetResult]:

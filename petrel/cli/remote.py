@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:
-    from petrel.client import Client
+    from petrel.client import Client, ListedObject, ListPage
     from petrel.transport import Transport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -66,13 +66,6 @@ class ObjectInfo:
     etag: str
     last_modified: datetime | None
     content_type: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    objects: list[ObjectInfo]
-    prefixes: list[str]
-    next_token: str | None
 
 
 def is_remote(text: str) -> bool:
@@ -222,7 +215,9 @@ class Remote:
             query.append(("delimiter", delimiter))
         if token is not None:
             query.append(("continuation-token", token))
-        return _parse_list_page(self._call("GET", where.child(""), query).data)
+        from petrel.client import parse_list_page
+
+        return parse_list_page(self._call("GET", where.child(""), query).data)
 
     def walk(self, where: RemoteUrl, delimiter: str | None = None) -> Iterator[ListPage]:
         """Every page under `where.key`, lazily (one page in memory at a time)."""
@@ -234,7 +229,7 @@ class Remote:
             if token is None:
                 return
 
-    def objects(self, where: RemoteUrl) -> Iterator[ObjectInfo]:
+    def objects(self, where: RemoteUrl) -> Iterator[ListedObject]:
         """Every object whose key starts with `where.key`, at all depths."""
         for page in self.walk(where):
             yield from page.objects
@@ -276,24 +271,6 @@ def _xml(body: bytes) -> Any:
     import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 
     return SafeET.fromstring(body)
-
-
-def _parse_list_page(body: bytes) -> ListPage:
-    from urllib.parse import unquote
-
-    root = _xml(body)
-    objects = [ObjectInfo(unquote(node.findtext(f"{_S3}Key") or ""),
-                          int(node.findtext(f"{_S3}Size") or 0),
-                          (node.findtext(f"{_S3}ETag") or "").strip('"'),
-                          _iso_date(node.findtext(f"{_S3}LastModified")))
-               for node in root.iter(f"{_S3}Contents")]
-    prefixes = [unquote(node.findtext(f"{_S3}Prefix") or "")
-                for node in root.iter(f"{_S3}CommonPrefixes")]
-    truncated = root.findtext(f"{_S3}IsTruncated") == "true"
-    token = root.findtext(f"{_S3}NextContinuationToken") if truncated else None
-    if truncated and not token:
-        raise CliError("the server sent a truncated listing without a continuation token")
-    return ListPage(objects, prefixes, token)
 
 
 def _delete_objects_xml(keys: Sequence[str]) -> bytes:

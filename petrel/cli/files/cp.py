@@ -30,7 +30,6 @@ from petrel.cli.remote import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    ObjectInfo,
     Remote,
     RemoteUrl,
     add_remote_arguments,
@@ -41,6 +40,7 @@ from petrel.cli.upload import BATCH_BYTES_DEFAULT, BATCH_ITEMS_DEFAULT, JOBS_DEF
 
 if TYPE_CHECKING:
     from petrel.cli.upload import Batch
+    from petrel.client import ListedObject
 
 CHUNK_BYTES = 1024 * 1024
 TMP_SUFFIX = ".petrel-tmp"
@@ -267,11 +267,11 @@ def _download_tree(remote: Remote, args: argparse.Namespace) -> list[tuple[str, 
     return failures
 
 
-def _groups(objects: Iterator[ObjectInfo], items_max: int,
-            bytes_max: int) -> Iterator[list[ObjectInfo]]:
+def _groups(objects: Iterator[ListedObject], items_max: int,
+            bytes_max: int) -> Iterator[list[ListedObject]]:
     """Listed objects in groups bounded by count and listed size; an object over
     `bytes_max` alone is a group."""
-    group: list[ObjectInfo] = []
+    group: list[ListedObject] = []
     size = 0
     for info in objects:
         if group and (len(group) >= items_max or size + info.size > bytes_max):

@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from petrel.cli.remote import (
     EXIT_FAILED,
     EXIT_OK,
-    ObjectInfo,
     Remote,
     add_remote_arguments,
     main_guard,
 )
+
+if TYPE_CHECKING:
+    from petrel.client import ListedObject
 
 SIZE_WIDTH = 10
 
@@ -71,7 +74,7 @@ def _ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _object_line(info: ObjectInfo, cut: int, human: bool) -> str:
+def _object_line(info: ListedObject, cut: int, human: bool) -> str:
     return f"{_date(info.last_modified)} {_size(info.size, human):>{SIZE_WIDTH}} {info.key[cut:]}"
 
 
