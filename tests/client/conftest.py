@@ -3,7 +3,6 @@ tests/gateway starts it) and a petreloss.conf pointing `petrel.Client` at it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import uuid
@@ -16,32 +15,19 @@ GATEWAY_TESTS = Path(__file__).resolve().parent.parent / "gateway"
 sys.path.insert(0, str(GATEWAY_TESTS))
 
 from clientconf import TEST_RETRY, write_conf  # noqa: E402
-from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully  # noqa: E402
+from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully, make_client  # noqa: E402
 
 from petrel.client import Client  # noqa: E402
+from petrel.testing.gateway import Gateway, start_gateway, stop_gateway  # noqa: E402
 
-
-def _gateway_helpers():  # type: ignore[no-untyped-def]
-    """tests/gateway/conftest.py's start/stop helpers, loaded under a name of their own
-    (every conftest module is called `conftest`)."""
-    spec = importlib.util.spec_from_file_location("gateway_helpers", GATEWAY_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _gateway_helpers()
-Gateway = helpers.Gateway
-make_client = helpers.make_client
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = str(tmp_path_factory.mktemp("client-gateway") / "data")
-    running = helpers.start_gateway(data_dir, "--access-key", ACCESS_KEY,
+    running = start_gateway(data_dir, "--access-key", ACCESS_KEY,
                                     "--secret-key", SECRET_KEY)
     yield running
-    assert helpers.stop_gateway(running) == 0, running.log()
+    assert stop_gateway(running) == 0, running.log()
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from botocore.config import Config
-from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully
+from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully, make_client
 
 from petrel.testing.gateway import Gateway, free_port, start_gateway, stop_gateway
 
@@ -29,15 +27,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                             "--secret-key", SECRET_KEY)
     yield running
     assert stop_gateway(running) == 0, running.log()
-
-
-def make_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
-                **config: object):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key, region_name="us-east-1",
-        config=Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1},
-                         "signature_version": "s3v4", **config}))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

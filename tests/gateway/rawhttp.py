@@ -8,8 +8,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import boto3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 
 ACCESS_KEY = "PKTESTACCESSKEY00001"
@@ -100,3 +102,12 @@ def delete_bucket_fully(s3, name: str) -> None:  # type: ignore[no-untyped-def]
     for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
         s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
     s3.delete_bucket(Bucket=name)
+
+
+def make_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
+                **config: object):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key, region_name="us-east-1",
+        config=Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1},
+                         "signature_version": "s3v4", **config}))  # type: ignore[arg-type]

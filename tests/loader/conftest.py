@@ -4,7 +4,6 @@ pointing `petrel.Client` at it, and a bucket of small objects for the loaders.""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import sys
 import urllib.request
@@ -12,40 +11,25 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 GATEWAY_TESTS = Path(__file__).resolve().parent.parent / "gateway"
 sys.path.insert(0, str(GATEWAY_TESTS))
 
-from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully  # noqa: E402
+from rawhttp import ACCESS_KEY, SECRET_KEY, delete_bucket_fully, make_client  # noqa: E402
 
 from petrel.client import Client  # noqa: E402
-
-
-def _gateway_helpers() -> ModuleType:
-    """tests/gateway/conftest.py's start/stop helpers, loaded under a name of their own
-    (every conftest module is called `conftest`)."""
-    spec = importlib.util.spec_from_file_location("loader_gateway_helpers",
-                                                  GATEWAY_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _gateway_helpers()
-Gateway = helpers.Gateway
+from petrel.testing.gateway import Gateway, start_gateway, stop_gateway  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = str(tmp_path_factory.mktemp("loader-gateway") / "data")
-    running = helpers.start_gateway(data_dir, "--access-key", ACCESS_KEY,
+    running = start_gateway(data_dir, "--access-key", ACCESS_KEY,
                                     "--secret-key", SECRET_KEY)
     yield running
-    assert helpers.stop_gateway(running) == 0, running.log()
+    assert stop_gateway(running) == 0, running.log()
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +50,7 @@ def client(conf_path: str) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def s3(gateway: Gateway):  # type: ignore[no-untyped-def]
-    return helpers.make_client(gateway.endpoint)
+    return make_client(gateway.endpoint)
 
 
 @pytest.fixture
