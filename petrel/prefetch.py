@@ -332,6 +332,10 @@ class PrefetchCache:
             return _Claimed
         if batch.state is _State.IN_FLIGHT:
             return _Claimed if batch in claimed else _Wait
+        if key not in self._entries and key in self._in_flight:
+            # Its batch is done but left the key to an earlier batch still fetching it
+            # (the pins were deferred): wait for that fetch rather than fetch it again.
+            return _Wait
         return self._consume(key, batch)
 
     def _consume(self, key: str, batch: _Batch) -> object:
