@@ -12,7 +12,7 @@ or a bad value stops the start with a message naming it.
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
                         object_bytes_max, io_threads, upload_backlog_bytes_max,
                         upload_retry_delay_s_max, close_upload_timeout_s,
-                        read_cache_bytes_max, read_cache_block_bytes
+                        read_cache_bytes_max, read_cache_block_bytes, index_cache_bytes
     [auth]              access_key, secret_key, credentials_file, public_read_buckets
     [backend]           url (s3://BUCKET/PREFIX; none: a local directory under data),
                         endpoint, region, path_style, access_key, secret_key
@@ -63,7 +63,8 @@ SCHEMA: dict[str, dict[str, type]] = {
               "compaction_bytes_per_s": int, "seal_idle_s": float,
               "object_bytes_max": int, "io_threads": int, "upload_backlog_bytes_max": int,
               "upload_retry_delay_s_max": float, "close_upload_timeout_s": float,
-              "read_cache_bytes_max": int, "read_cache_block_bytes": int},
+              "read_cache_bytes_max": int, "read_cache_block_bytes": int,
+              "index_cache_bytes": int},
     "auth": {"access_key": str, "secret_key": str, "credentials_file": str,
              "public_read_buckets": list},
     "backend": {"url": str, "endpoint": str, "region": str, "path_style": bool,
@@ -286,7 +287,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
                     ("compaction_dead_fraction", "compaction_bytes_per_s", "seal_idle_s",
                      "io_threads", "upload_backlog_bytes_max", "upload_retry_delay_s_max",
                      "close_upload_timeout_s", "read_cache_bytes_max",
-                     "read_cache_block_bytes")
+                     "read_cache_block_bytes", "index_cache_bytes")
                     if options.get("store", k) is not None}
     backend = build_backend(options)
     try:
