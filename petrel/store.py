@@ -37,6 +37,7 @@ from petrel.backends.factory import open_backend
 from petrel.backends.local import LocalBackend
 from petrel.commit import Committer, Pending, make_pending
 from petrel.errors import (
+    BlobNotFound,
     BucketAlreadyOwnedByYou,
     BucketNotEmpty,
     CorruptionError,
@@ -69,6 +70,9 @@ from petrel.settings import StoreConfig
 
 if TYPE_CHECKING:
     from petrel.compaction import CompactionReport
+
+# Reads of a large object retried when its blob vanished because it was overwritten.
+_LARGE_READ_ATTEMPTS = 3
 
 log = logging.getLogger("petrel.store")
 
@@ -543,17 +547,28 @@ class Store:
                          ) -> ObjectData:
         """The object's bytes (or a range of them). Raises NoSuchKey, NoSuchBucket,
         InvalidRange, or CorruptionError if the stored bytes fail their checksum."""
-        entry, raw_key = self._entry(bucket, key)
-        start, length = (0, entry.size) if byte_range is None else \
-            resolve_range(byte_range, entry.size)
-        payload = await self._read_payload(entry, bucket.encode() + b"/" + raw_key)
-        if entry.flags & fmt.FLAG_LARGE:
-            body = await self._read_large(payload, start, length)
-        elif start == 0 and length == entry.size:
-            body = payload
-        else:
-            body = payload[start : start + length]
-        return ObjectData(body, start, bucket, key, entry)
+        for attempt in range(_LARGE_READ_ATTEMPTS):
+            entry, raw_key = self._entry(bucket, key)
+            start, length = (0, entry.size) if byte_range is None else \
+                resolve_range(byte_range, entry.size)
+            payload = await self._read_payload(entry, bucket.encode() + b"/" + raw_key)
+            if not entry.flags & fmt.FLAG_LARGE:
+                break
+            try:
+                body = await self._read_large(payload, start, length)
+            except BlobNotFound:
+                # A large object's old blob is deleted as soon as an overwrite or delete
+                # commits: a read that looked the object up just before finds it gone.
+                # Answer as of now (the new version, or NoSuchKey), unless the object is
+                # unchanged: then its blob is really missing.
+                current, _ = self._entry(bucket, key)
+                if current.seq == entry.seq or attempt == _LARGE_READ_ATTEMPTS - 1:
+                    raise
+                continue
+            return ObjectData(body, start, bucket, key, entry)
+        whole = start == 0 and length == entry.size
+        return ObjectData(payload if whole else payload[start : start + length], start,
+                          bucket, key, entry)
 
     def locate_object(self, bucket: str, key: str) -> Located:
         """Look an object up in the index (no segment read). Raises NoSuchBucket,
