@@ -288,6 +288,7 @@ class PrefetchCache:
         left to do here but fetches in flight elsewhere."""
         claimed: list[_Batch] = []
         direct: list[int] = []
+        round_claimers: list[int] = []
         with self._cond:
             waiting = False
             counters = self._counters
@@ -297,6 +298,7 @@ class PrefetchCache:
                     waiting = True
                 elif outcome is _Claimed:
                     claimers.add(i)
+                    round_claimers.append(i)
                 elif outcome is _Direct:
                     counters.misses += 1
                     direct.append(i)
@@ -310,8 +312,11 @@ class PrefetchCache:
                 self._counters.waits += 1
                 self._cond.wait(self.settings.wait_poll_s)
                 return
-        for batch in claimed:
-            self._fetch_batch(batch)
+        fetched = [self._fetch_batch(batch) for batch in claimed]
+        if claimed and not any(fetched):
+            # The claimed batches were all in memory already (a later epoch): their
+            # reads are hits, not misses.
+            claimers.difference_update(round_claimers)
         if direct:
             self._fetch_direct(keys, direct, results)
 
@@ -450,9 +455,10 @@ class PrefetchCache:
         c = self._counters
         return c.bytes_fetched // c.keys_fetched if c.keys_fetched else 0
 
-    def _fetch_batch(self, batch: _Batch) -> None:
+    def _fetch_batch(self, batch: _Batch) -> bool:
         """Fetch the keys of an IN_FLIGHT batch that are not cached, store the results
-        pinned for the batch's planned reads, and mark it DONE."""
+        pinned for the batch's planned reads, and mark it DONE. False when every key
+        was cached already (nothing fetched)."""
         with self._cond:
             wanted = [key for key in dict.fromkeys(batch.keys)
                       if key not in self._entries and key not in self._in_flight]
@@ -478,6 +484,7 @@ class PrefetchCache:
                     self._store(key, values.get(key, _UNSET), pins)
                 batch.state = _State.DONE
                 self._cond.notify_all()
+        return bool(wanted)
 
     def _store(self, key: str, value: object, pins: int) -> None:
         entry = self._entries.get(key)
