@@ -20,7 +20,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.distributed
@@ -130,7 +130,34 @@ class _WorkerState:
     next_batch: int | None = None
 
 
-class Dataset(TorchDataset[Any]):
+class _FromSources:
+    """Constructors shared by both datasets: from a prefix or a manifest object."""
+
+    def __init__(self, urls: Sequence[str], decode: Decode | None = None, *,
+                 client: Client | None = None, conf_path: str | None = None,
+                 **kwargs: Any) -> None:
+        raise NotImplementedError  # the dataset classes define it
+
+    @classmethod
+    def from_prefix(cls, url: str, decode: Decode | None = None, *,
+                    client: Client | None = None, conf_path: str | None = None,
+                    **kwargs: Any) -> Self:
+        """Every object under `url` (listed once, here), in key order."""
+        lister = client or _make_client(conf_path)
+        return cls(list_prefix(lister, url), decode, client=client, conf_path=conf_path,
+                   **kwargs)
+
+    @classmethod
+    def from_manifest(cls, url: str, decode: Decode | None = None, *,
+                      client: Client | None = None, conf_path: str | None = None,
+                      **kwargs: Any) -> Self:
+        """The objects a manifest object lists, in its order (docs/loader.md)."""
+        reader = client or _make_client(conf_path)
+        return cls(read_manifest(reader, url), decode, client=client, conf_path=conf_path,
+                   **kwargs)
+
+
+class Dataset(_FromSources, TorchDataset[Any]):
     """Map-style dataset over petrel URLs (`[cluster:]s3://bucket/key`).
 
     `decode(bytes)` makes a sample (default: the bytes). `order` is the sampler the
@@ -157,24 +184,6 @@ class Dataset(TorchDataset[Any]):
         self._client = client
         self._conf_path = conf_path
         self._state: _WorkerState | None = None
-
-    @classmethod
-    def from_prefix(cls, url: str, decode: Decode | None = None, *,
-                    client: Client | None = None, conf_path: str | None = None,
-                    **kwargs: Any) -> Dataset:
-        """Every object under `url` (listed once, here), in key order."""
-        lister = client or _make_client(conf_path)
-        return cls(list_prefix(lister, url), decode, client=client, conf_path=conf_path,
-                   **kwargs)
-
-    @classmethod
-    def from_manifest(cls, url: str, decode: Decode | None = None, *,
-                      client: Client | None = None, conf_path: str | None = None,
-                      **kwargs: Any) -> Dataset:
-        """The objects a manifest object lists, in its order (docs/loader.md)."""
-        reader = client or _make_client(conf_path)
-        return cls(read_manifest(reader, url), decode, client=client, conf_path=conf_path,
-                   **kwargs)
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -273,7 +282,7 @@ class Dataset(TorchDataset[Any]):
 
 
 # ----- iterable ----------------------------------------------------------------------------
-class IterableDataset(TorchIterableDataset[Any]):
+class IterableDataset(_FromSources, TorchIterableDataset[Any]):
     """Iterable dataset over petrel URLs, split by rank and by DataLoader worker.
 
     Each epoch, the URLs are shuffled by (seed, epoch) (when `shuffle`), dealt to ranks
@@ -301,22 +310,6 @@ class IterableDataset(TorchIterableDataset[Any]):
         self.prefetch = prefetch or DATASET_PREFETCH
         self._client = client
         self._conf_path = conf_path
-
-    @classmethod
-    def from_prefix(cls, url: str, decode: Decode | None = None, *,
-                    client: Client | None = None, conf_path: str | None = None,
-                    **kwargs: Any) -> IterableDataset:
-        lister = client or _make_client(conf_path)
-        return cls(list_prefix(lister, url), decode, client=client, conf_path=conf_path,
-                   **kwargs)
-
-    @classmethod
-    def from_manifest(cls, url: str, decode: Decode | None = None, *,
-                      client: Client | None = None, conf_path: str | None = None,
-                      **kwargs: Any) -> IterableDataset:
-        reader = client or _make_client(conf_path)
-        return cls(read_manifest(reader, url), decode, client=client, conf_path=conf_path,
-                   **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
