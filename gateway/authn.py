@@ -9,7 +9,7 @@ are refused unless they only read a bucket configured public-read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -42,28 +42,40 @@ def make_verifier(settings: GatewaySettings) -> SigV4Verifier:
     return SigV4Verifier(settings.credentials, region=None, limits=limits)
 
 
-def _is_signed(request: web.Request) -> bool:
-    return "Authorization" in request.headers or \
-        "X-Amz-Signature" in request.rel_url.query or "X-Amz-Credential" in request.rel_url.query
-
-
 def authenticate(request: web.Request, settings: GatewaySettings, bucket: str | None,
                  operation: str) -> Identity:
     """Raises the S3 auth errors (AccessDenied, SignatureDoesNotMatch, ...)."""
-    if "AWSAccessKeyId" in request.rel_url.query or \
-            request.headers.get("Authorization", "").startswith("AWS "):
+    url = request.rel_url
+    result = identify(request.app[VERIFIER], settings, request.method, url.raw_path,
+                      url.raw_query_string, request.headers, url.query.keys(), bucket,
+                      operation, request.path)
+    if result is None:
+        return Identity(None, "anonymous", _anonymous_body)
+    return Identity(result.access_key_id, result.access_key_id,
+                    _reader(result, settings.body_idle_timeout_s))
+
+
+def identify(verifier: SigV4Verifier, settings: GatewaySettings, method: str,
+             raw_path: str, raw_query: str, headers: Mapping[str, str],
+             query_names: Collection[str], bucket: str | None, operation: str,
+             path: str) -> AuthResult | None:
+    """Who sends this request: its verified SigV4 result, or None for an anonymous
+    request that may proceed (a read of a public-read bucket). Raises the S3 auth
+    errors. `headers` is case-insensitive (a multidict) or has lower-case names only;
+    `query_names` the decoded query parameter names; `path` the decoded path (the
+    Resource of AccessDenied)."""
+    authorization = headers.get("authorization", "")
+    if "AWSAccessKeyId" in query_names or authorization.startswith("AWS "):
         # Signature V2, as S3's V4-only regions answer it.
         raise InvalidRequest("The authorization mechanism you have provided is not "
                              "supported. Please use AWS4-HMAC-SHA256.")
-    if not _is_signed(request):
+    if "authorization" not in headers and "X-Amz-Signature" not in query_names and \
+            "X-Amz-Credential" not in query_names:
         if bucket in settings.public_read_buckets and operation in PUBLIC_READ_OPERATIONS:
-            return Identity(None, "anonymous", _anonymous_body)
+            return None
         raise AccessDenied("Anonymous access is forbidden for this operation",
-                           resource=request.path)
-    result = request.app[VERIFIER].verify(request.method, request.rel_url.raw_path,
-                                          request.rel_url.raw_query_string, request.headers)
-    return Identity(result.access_key_id, result.access_key_id,
-                    _reader(result, settings.body_idle_timeout_s))
+                           resource=path)
+    return verifier.verify(method, raw_path, raw_query, headers)
 
 
 def _reader(result: AuthResult, idle_timeout_s: float) -> BodyReader:

@@ -56,17 +56,22 @@ def render_exception(request: web.Request, exc: Exception) -> web.Response:
     """The S3 error response for an exception a handler raised. aiohttp's own HTTP
     errors below 400 (redirects) are re-raised; anything unexpected is logged and
     becomes a 500 InternalError."""
+    if isinstance(exc, web.HTTPException) and exc.status < 400:
+        raise exc
+    return error_response(request, as_s3_error(exc, request.method, request.path))
+
+
+def as_s3_error(exc: Exception, method: str, path: str) -> PetrelError:
+    """The S3 error to answer for `exc`, logged when it is the server's fault."""
     if isinstance(exc, PetrelError):
         # Throttling is counted in /metrics, not logged: a flood of refused requests
         # must not become a flood of log lines.
         if exc.status >= 500 and not isinstance(exc, SlowDown):
-            log.warning("%s %s -> %s: %s", request.method, request.path, exc.code, exc.detail)
-        return error_response(request, exc)
+            log.warning("%s %s -> %s: %s", method, path, exc.code, exc.detail)
+        return exc
     if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        return error_response(request, _from_http(exc))
+        return _from_http(exc)
     if isinstance(exc, UnicodeError):
-        return error_response(request, InvalidArgument(f"invalid UTF-8: {exc}"))
-    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
-    return error_response(request, InternalError())
+        return InvalidArgument(f"invalid UTF-8: {exc}")
+    log.error("unhandled error in %s %s", method, path, exc_info=exc)
+    return InternalError()

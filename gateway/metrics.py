@@ -128,6 +128,23 @@ class _QosCollector(Collector):
         yield family
 
 
+class _FastLaneCollector(Collector):
+    """The fast lane's own counts (gateway/fastlane.py), read when scraped."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        served, handed_over = self._counts()
+        yield CounterMetricFamily("petrel_fast_lane_requests",
+                                  "Requests answered by the fast lane (GET and HEAD of "
+                                  "packed objects) instead of aiohttp's web stack.",
+                                  value=served)
+        yield CounterMetricFamily("petrel_fast_lane_handovers",
+                                  "Connections the fast lane handed to aiohttp's web stack "
+                                  "(a request it does not serve).", value=handed_over)
+
+
 class Metrics:
     def __init__(self, stats: Callable[[], StoreStats]) -> None:
         self.registry = CollectorRegistry()
@@ -180,6 +197,9 @@ class Metrics:
                       read_cache: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_RuntimeCollector(inflight, data_dir, backlog, corruptions,
                                                  read_cache))
+
+    def watch_fast_lane(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self.registry.register(_FastLaneCollector(counts))
 
     def watch_qos(self, config: Callable[[], QosConfig]) -> None:
         self.registry.register(_QosCollector(config))

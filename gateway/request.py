@@ -43,10 +43,15 @@ def declared_length(headers: Mapping[str, str]) -> int | None:
 
 
 def resolve_target(request: web.Request, domains: tuple[str, ...]) -> Target:
-    """Bucket and key from virtual-hosted (bucket.domain) or path-style addressing.
-    The key comes from the raw path, percent-decoded once ('+' stays '+')."""
-    host = request.host.rsplit(":", 1)[0].lower() if request.host else ""
-    raw_path = request.raw_path.split("?", 1)[0]
+    """Bucket and key from virtual-hosted (bucket.domain) or path-style addressing."""
+    return target_of(request.host, request.raw_path.split("?", 1)[0], domains)
+
+
+def target_of(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target:
+    """Bucket and key of a request for `host` (the Host header) and `raw_path` (as on
+    the wire, without the query). The key comes from the raw path, percent-decoded
+    once ('+' stays '+'). Raises UnicodeDecodeError for bytes that are not UTF-8."""
+    host = host.rsplit(":", 1)[0].lower() if host else ""
     for domain in domains:
         suffix = "." + domain
         if host.endswith(suffix) and len(host) > len(suffix):

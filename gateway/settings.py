@@ -38,6 +38,9 @@ class GatewaySettings:
     # keep-alive requests, or a request line or headers still arriving) is closed after
     # this long: slow or silent clients cannot pin sockets.
     idle_connection_timeout_s: float = 60.0
+    # GETs and HEADs of small objects answered by the fast lane (gateway/fastlane.py)
+    # instead of aiohttp's web stack; false sends every request through aiohttp.
+    fast_lane: bool = True
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_drain_s: float = 30.0
     # Per access key and per bucket rate limits ([qos] in the config file); none by

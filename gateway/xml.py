@@ -4,6 +4,7 @@ bodies are untrusted: no entities, no DTDs, bounded size)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -34,7 +35,13 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def http_date(ms: int) -> str:
     """HTTP headers (Last-Modified): Wed, 12 Oct 2009 17:50:00 GMT. Formatted by hand:
     it runs on every GET and HEAD, and strftime is locale-dependent and slower."""
-    t = time.gmtime(ms // 1000)
+    return _http_date(ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    # Cached: objects written in the same second share their Last-Modified.
+    t = time.gmtime(seconds)
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 

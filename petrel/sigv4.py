@@ -22,7 +22,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from petrel.errors import InvalidRequest, SignatureDoesNotMatch
 
@@ -115,7 +115,10 @@ def _query_pairs_cached(raw_query: str) -> tuple[tuple[bytes, bytes], ...]:
     for part in raw_query.split("&"):
         if part:
             name, _, value = part.partition("=")
-            pairs.append((_unquote_part(name), _unquote_part(value)))
+            if part.isascii() and "%" not in part and "+" not in part:
+                pairs.append((name.encode("ascii"), value.encode("ascii")))
+            else:
+                pairs.append((_unquote_part(name), _unquote_part(value)))
     return tuple(pairs)
 
 
@@ -127,19 +130,37 @@ def _query_pairs(raw_query: str) -> tuple[tuple[bytes, bytes], ...]:
 
 def parse_query(raw_query: str) -> list[tuple[str, str]]:
     """Decoded (name, value) pairs in wire order, as the signature covers them."""
-    return [
-        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, value in _query_pairs(raw_query)
-    ]
+    pairs: list[tuple[str, str]] = []
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if part.isascii() and "+" not in part:
+            # Most pairs: nothing or only %XX to decode (str-level unquote is the same
+            # as decoding the bytes for ASCII input, and cheaper).
+            pairs.append((unquote(name, errors="surrogateescape") if "%" in name else name,
+                          unquote(value, errors="surrogateescape") if "%" in value else value))
+        else:
+            pairs.append((_unquote_part(name).decode("utf-8", "surrogateescape"),
+                          _unquote_part(value).decode("utf-8", "surrogateescape")))
+    return pairs
 
 
 # A query whose every name and value is already in canonical form (unreserved
-# characters, and %XX with uppercase hex for anything else), as SDKs send them...
-_CANONICAL_PART = r"(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})*"
-_CANONICAL_QUERY = re.compile(
-    rf"{_CANONICAL_PART}(?:={_CANONICAL_PART})?(?:&{_CANONICAL_PART}(?:={_CANONICAL_PART})?)*")
-# ... unless a %XX spells an unreserved character (canonical form writes it plainly).
+# characters, and %XX with uppercase hex for anything else), as SDKs send them: only
+# these characters, no '%' without two uppercase hex digits after it, no second '=' in
+# a pair, and no %XX that spells an unreserved character (canonical form writes it
+# plainly). Simple scans: a regex with alternation at every character costs more.
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9._~%=&-]*")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-F]{2})")
+_SECOND_EQUALS = re.compile(r"=[^&]*=")
 _ENCODED_UNRESERVED = re.compile(r"%(?:2[DE]|3[0-9]|4[1-9A-F]|5[0-9AF]|6[1-9A-F]|7[0-9AE])")
+
+
+def _pair_order(part: str) -> str:
+    # Sorting "name=value" strings as (name, value) pairs: '=' becomes a character
+    # below every character a canonical name may hold.
+    return part.replace("=", "\x00", 1)
 
 
 def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
@@ -147,9 +168,14 @@ def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
 
     A query already in canonical form (what SDKs and presigned URLs send) is sorted as
     it is, without decoding and re-encoding each name and value."""
-    if _CANONICAL_QUERY.fullmatch(raw_query) and not _ENCODED_UNRESERVED.search(raw_query):
-        pairs = sorted(part.partition("=")[::2] for part in raw_query.split("&") if part)
-        return "&".join(f"{name}={value}" for name, value in pairs if name != drop)
+    if _QUERY_CHARS.fullmatch(raw_query) and not _BAD_PERCENT.search(raw_query) and \
+            not _SECOND_EQUALS.search(raw_query) and not _ENCODED_UNRESERVED.search(raw_query):
+        parts = [part if "=" in part else part + "=" for part in raw_query.split("&") if part]
+        if drop is not None:
+            dropped = drop + "="
+            parts = [part for part in parts if not part.startswith(dropped)]
+        parts.sort(key=_pair_order)
+        return "&".join(parts)
     return canonical_query_decoded(raw_query, drop=drop)
 
 

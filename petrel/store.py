@@ -342,6 +342,14 @@ class Store:
             raise error
         return self._info(bucket, key, pending)
 
+    def check_put(self, bucket: str, key: str, meta: fmt.ObjectMeta) -> None:
+        """Raise what put_object would raise about where it stores and the metadata
+        (NoSuchBucket, InvalidArgument, KeyTooLongError, MetadataTooLarge), storing
+        nothing: a caller that must check a body after these checks runs them first."""
+        self._bucket(bucket)
+        self._key(key)
+        self._meta(meta)
+
     async def put_object_stream(self, bucket: str, key: str, chunks: AsyncIterable[bytes],
                                 meta: fmt.ObjectMeta = fmt.EMPTY_META, *,
                                 etag: tuple[bytes, int] | None = None,
@@ -591,6 +599,24 @@ class Store:
         ref = fmt.decode_large_ref(payload)
         chunks = self._stream_large(ref, start, length, chunk_bytes)
         return ObjectStream(located.info, start, length, chunks)
+
+    def read_object_now(self, located: Located, byte_range: ByteRange | None = None
+                        ) -> tuple[bytes, int] | None:
+        """(body, start) of what `read_object` would return for a packed object whose
+        record can be read without waiting (an unsealed or page-cached local segment),
+        verified; None when `read_object` must be awaited instead (a large object, a
+        remote or cold segment). Raises InvalidRange, CorruptionError."""
+        entry = located.entry
+        if entry.flags & fmt.FLAG_LARGE:
+            return None
+        start, length = resolve_range(byte_range, entry.size)
+        local = self._read_local(entry.location)
+        if local is None:
+            return None
+        payload = self._check_payload(local[0], local[1], entry.location, located.full_key)
+        if start == 0 and length == entry.size:
+            return payload, 0
+        return payload[start : start + length], start
 
     async def open_object(self, bucket: str, key: str, byte_range: ByteRange | None = None,
                           chunk_bytes: int = _STREAM_CHUNK_BYTES) -> ObjectStream:

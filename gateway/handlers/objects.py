@@ -38,14 +38,19 @@ _RESPONSE_OVERRIDES = {
 
 
 def object_headers(info: ObjectInfo) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    headers["ETag"] = xml.quoted_etag(info.etag)
-    headers["Last-Modified"] = xml.http_date(info.last_modified_ms)
-    headers["Content-Type"] = info.content_type or DEFAULT_CONTENT_TYPE
-    headers["Accept-Ranges"] = "bytes"
+    return CIMultiDict(object_header_pairs(info))
+
+
+def object_header_pairs(info: ObjectInfo) -> list[tuple[str, str]]:
+    """What GetObject and HeadObject answer about an object (the fast lane,
+    gateway/fastlane.py, sends the same)."""
+    pairs = [("ETag", f'"{info.etag}"'),
+             ("Last-Modified", xml.http_date(info.last_modified_ms)),
+             ("Content-Type", info.content_type or DEFAULT_CONTENT_TYPE),
+             ("Accept-Ranges", "bytes")]
     for name, value in info.user_metadata:
-        headers["x-amz-meta-" + name] = value
-    return headers
+        pairs.append(("x-amz-meta-" + name, value))
+    return pairs
 
 
 async def put_object(call: Call) -> web.StreamResponse:

@@ -7,7 +7,7 @@ or a bad value stops the start with a message naming it.
     [server]            host, port, region, virtual_host_domains, inflight_requests_max,
                         log_level, body_idle_timeout_s, shutdown_drain_s,
                         tls_cert_file, tls_key_file, reload_interval_s,
-                        idle_connection_timeout_s
+                        idle_connection_timeout_s, fast_lane
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
                         object_bytes_max, io_threads, upload_backlog_bytes_max,
@@ -57,7 +57,7 @@ SCHEMA: dict[str, dict[str, type]] = {
                "inflight_requests_max": int, "log_level": str,
                "body_idle_timeout_s": float, "shutdown_drain_s": float,
                "tls_cert_file": str, "tls_key_file": str, "reload_interval_s": float,
-               "idle_connection_timeout_s": float},
+               "idle_connection_timeout_s": float, "fast_lane": bool},
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
@@ -305,7 +305,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
     for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s",
-                 "idle_connection_timeout_s"):
+                 "idle_connection_timeout_s", "fast_lane"):
         if options.get("server", name) is not None:
             settings_fields[name] = options.get("server", name)
     level = str(options.get("server", "log_level", "info")).lower()
@@ -414,6 +414,7 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
 
     from petrel.index import IndexUnavailable
     from petrel_gateway.app import build_app, inflight_requests, reconfigure, start_draining
+    from petrel_gateway.fastlane import FastSite
 
     app = build_app(settings, store_config)
     # aiohttp's own shutdown cancels requests still reading their body; petrel drains
@@ -432,8 +433,14 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
         await runner.setup()  # opens the store
     except IndexUnavailable as exc:
         raise StoreUnavailable(str(exc)) from exc
-    site = web.TCPSite(runner, settings.host, settings.port,
-                       ssl_context=_ssl_context(settings))
+    site: web.TCPSite
+    if settings.fast_lane:
+        site = FastSite(runner, settings.host, settings.port,
+                        idle_timeout_s=settings.idle_connection_timeout_s,
+                        ssl_context=_ssl_context(settings))
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port,
+                           ssl_context=_ssl_context(settings))
     await site.start()
     backend = store_config.backend
     where = "local" if backend is None else \

@@ -1,0 +1,606 @@
+"""The fast lane: GetObject and HeadObject of packed objects without aiohttp's
+per-request machinery.
+
+Every connection starts in the lane. A request it can serve is answered straight from
+`data_received`: one complete HTTP/1.1 GET or HEAD of an object, arrived in one read and
+with nothing behind it, no body, no conditional headers, and nothing in the query but a
+presigned URL's SigV4 parameters. It goes through the same steps as the full stack, with
+the same functions: SigV4 (`authn.identify`), QoS admission, the index lookup, a read
+verified against the record's checksum, Range, the same response headers
+(`handlers.objects.object_headers`), S3 errors (`errors.as_s3_error`), request ids and
+metrics.
+
+Anything else is handed to aiohttp's protocol with every byte received so far, and the
+connection stays with aiohttp from then on: a request with a body, a bucket or service
+operation, a query sub-resource, a request split across reads or pipelined behind
+another, an object that is large or not readable without waiting on the disk or the
+backend (those are read in a worker thread; the lane answers them when the read is done),
+and every request while the gateway drains for shutdown.
+
+Why: of the ~300 us of CPU a 10 KiB GET cost through aiohttp's web stack on one core,
+about half was aiohttp's request and response objects, middleware and router; reads of
+small objects are what training jobs send most (bench/results/s3-profile-*.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from petrel.errors import PetrelError, RequestTimeout
+from petrel.format import FLAG_LARGE
+from petrel.model import ByteRange
+from petrel.store import Located
+from petrel_gateway import xml
+from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
+from petrel_gateway.authn import VERIFIER, identify
+from petrel_gateway.chunked import open_body
+from petrel_gateway.context import QOS, SETTINGS, STORE
+from petrel_gateway.errors import as_s3_error
+from petrel_gateway.handlers.objects import object_header_pairs
+from petrel_gateway.request import parse_range, target_of, user_metadata
+
+log = logging.getLogger("petrel.gateway")
+
+# A request head longer than this goes to aiohttp (which enforces the real limits).
+_HEAD_BYTES_MAX = 8 * 1024
+# Header lines as RFC 9110 has them (a token, a colon, visible characters, spaces and
+# tabs), each ending CRLF; obsolete line folding and control characters go to aiohttp.
+_HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
+# Query parameters of a presigned GetObject (and botocore's x-id); any other parameter
+# is a sub-resource or an override the full stack handles.
+_LANE_QUERY = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date",
+                         "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature", "x-id"})
+# Headers whose presence sends a request to the full stack: a body, a protocol switch,
+# a connection that is not kept alive, conditional requests.
+_FULL_STACK_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "te",
+                                 "if-match", "if-none-match", "if-modified-since",
+                                 "if-unmodified-since"})
+_REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 412: "Precondition Failed",
+            416: "Requested Range Not Satisfiable", 500: "Internal Server Error",
+            501: "Not Implemented", 503: "Service Unavailable"}
+_HAND_OVER = object()
+# How often connections are checked for idle time and stalled bodies.
+_SWEEP_S = 0.5
+# Bytes a client may send ahead while its request is being answered; then the lane
+# stops reading from it until the answer is written.
+_PENDING_BYTES_MAX = 1024 * 1024
+_LANE_METHODS = frozenset({"GET", "HEAD", "PUT"})
+_OPERATIONS = {"GET": "get_object", "HEAD": "head_object", "PUT": "put_object"}
+
+
+class _Request:
+    __slots__ = ("body", "body_length", "headers", "method", "path", "query")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str],
+                 body: bytes, body_length: int) -> None:
+        self.method, self.path, self.query, self.headers = method, path, query, headers
+        self.body, self.body_length = body, body_length
+
+    @property
+    def complete(self) -> bool:
+        return len(self.body) == self.body_length
+
+
+def parse_head(data: bytes, body_bytes_max: int) -> _Request | None:
+    """The request at the start of `data` if it is one the lane serves, with the part
+    of its body that `data` holds (a PUT's body may be incomplete: see `complete`);
+    None for anything else, and for bytes beyond the request (the full stack then
+    parses it all, and answers what is malformed). Header names come back lower-cased,
+    values without surrounding blanks."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > _HEAD_BYTES_MAX:
+        return None
+    try:
+        text = data[: end + 2].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    line_end = text.find("\r\n")
+    request_line = text[:line_end].split(" ")
+    if len(request_line) != 3 or not _HEADER_BLOCK.fullmatch(text, line_end + 2):
+        return None
+    method, target, version = request_line
+    if method not in _LANE_METHODS or version != "HTTP/1.1" or target[:1] != "/" \
+            or "#" in target or not target.isprintable():
+        return None
+    headers: dict[str, str] = {}
+    for line in text[line_end + 2 : -2].split("\r\n"):
+        name, _, value = line.partition(":")
+        name = name.lower()
+        if name in headers or name in _FULL_STACK_HEADERS:
+            return None
+        headers[name] = value.strip(" \t")
+    if "host" not in headers or \
+            headers.get("connection", "keep-alive").lower() != "keep-alive":
+        return None
+    length = headers.get("content-length", "0")
+    if not (length.isascii() and length.isdigit() and len(length) < 16):
+        return None
+    body_length = int(length)
+    if method == "PUT":
+        # A plain body of a packed object: aws-chunked bodies, copies and large objects
+        # go to the full stack.
+        if body_length > body_bytes_max or "content-length" not in headers or \
+                headers.get("x-amz-content-sha256", "").startswith("STREAMING-") or \
+                "x-amz-copy-source" in headers or "x-amz-decoded-content-length" in headers:
+            return None
+    elif body_length:
+        return None
+    body = data[end + 4 :]
+    if len(body) > body_length:
+        return None  # pipelined behind it
+    path, _, query = target.partition("?")
+    if query:
+        for part in query.split("&"):
+            if part.partition("=")[0] not in _LANE_QUERY:
+                return None
+    return _Request(method, path, query, headers, body, body_length)
+
+
+class _DateHeader:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second, self._value = -1, ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._value = second, xml.http_date(second * 1000)
+        return self._value
+
+
+class FastLane:
+    """The protocol factory a listening socket is created with (see `FastSite`).
+    `full_stack` makes aiohttp's protocol for a connection handed over."""
+
+    def __init__(self, app: web.Application, full_stack: Callable[[], asyncio.Protocol],
+                 idle_timeout_s: float) -> None:
+        self.app = app
+        self.full_stack = full_stack
+        self.idle_timeout_s = idle_timeout_s
+        self.connections: set[_Connection] = set()
+        self.served = 0  # requests answered in the lane (tests read it)
+        self.handed_over = 0  # connections handed to aiohttp
+        self._date = _DateHeader()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> _Connection:
+        if self._sweeper is None:
+            self._sweep()
+        return _Connection(self)
+
+    # ----- connections --------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Close connections idle for `idle_timeout_s` (aiohttp does the same for its
+        own): a silent client cannot pin a socket."""
+        now = time.monotonic()
+        body_idle_timeout_s = self.app[SETTINGS].body_idle_timeout_s
+        for connection in list(self.connections):
+            idle_s = now - connection.idle_since
+            if connection.partial is not None:
+                if idle_s > body_idle_timeout_s:
+                    self._body_timed_out(connection)
+            elif not connection.busy and idle_s > self.idle_timeout_s:
+                connection.close()
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+    def close(self) -> None:
+        """Shutdown: close the connections still in the lane (aiohttp closes those
+        handed over to it)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close()
+
+    # ----- requests -----------------------------------------------------------------
+    def handle(self, connection: _Connection, data: bytes, admitted: bool = False) -> None:
+        """`data` starts a request (or is all of one whose body was awaited: then
+        `admitted`, since it was let in when its head arrived)."""
+        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes)
+        if request is not None and not request.complete:
+            if not self._admit(connection):
+                connection.hand_over(data)
+                return
+            connection.wait_for_body(data, len(data) + request.body_length - len(request.body))
+            return
+        outcome = _HAND_OVER if request is None else \
+            self._serve(connection, request, admitted)
+        if outcome is _HAND_OVER:
+            connection.hand_over(data)
+
+    def _admit(self, connection: _Connection) -> bool:
+        """Count a request whose body is still arriving as in flight, as the full stack
+        does (the shutdown drain waits for it, inflight_requests_max bounds it); False
+        when the full stack must answer it (draining, or at the limit: 503 SlowDown)."""
+        inflight = self.app[INFLIGHT]
+        if inflight.draining or inflight.count >= self.app[SETTINGS].inflight_requests_max:
+            return False
+        inflight.count += 1
+        connection.counted = True
+        return True
+
+    def release(self, connection: _Connection) -> None:
+        if connection.counted:
+            connection.counted = False
+            self.app[INFLIGHT].count -= 1
+
+    def _body_timed_out(self, connection: _Connection) -> None:
+        """A body that stalled for body_idle_timeout_s: RequestTimeout, then the
+        connection is closed (what is left of the body is never read), nothing stored."""
+        assert connection.partial is not None
+        data = b"".join(connection.partial)
+        connection.partial = None
+        self.release(connection)
+        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes)
+        if request is not None:
+            target = target_of(request.headers["host"], request.path,
+                               self.app[SETTINGS].virtual_host_domains)
+            ids = self.app[REQUEST_IDS]
+            self._fail(connection, request, RequestTimeout(), target.bucket or "",
+                       target.key or "", f"{ids.prefix}{next(ids.counter):08X}",
+                       _OPERATIONS[request.method], time.perf_counter())
+        connection.close()
+
+    def _serve(self, connection: _Connection, request: _Request, admitted: bool) -> object:
+        """Answer `request` (or start answering it); _HAND_OVER to leave it to the full
+        stack, which is decided before anything is charged or counted."""
+        app = self.app
+        inflight = app[INFLIGHT]
+        if inflight.draining and not admitted:
+            return _HAND_OVER
+        settings = app[SETTINGS]
+        if len(request.headers) > settings.headers_max:
+            return _HAND_OVER  # aiohttp refuses it
+        try:
+            target = target_of(request.headers["host"], request.path,
+                               settings.virtual_host_domains)
+        except UnicodeError:
+            return _HAND_OVER
+        bucket, key = target.bucket, target.key
+        if bucket is None or key is None or bucket.startswith("_"):
+            return _HAND_OVER  # service, bucket and /_petrel/ admin paths
+        if request.method == "PUT":
+            if not admitted and inflight.count >= settings.inflight_requests_max:
+                return _HAND_OVER  # the full stack answers 503 SlowDown
+            self._put(connection, request, bucket, key)
+            return None
+        store = app[STORE]
+        located: Located | None = None
+        missing: PetrelError | None = None
+        try:
+            located = store.locate_object(bucket, key)
+        except PetrelError as exc:
+            missing = exc
+        if located is not None and located.entry.flags & FLAG_LARGE:
+            return _HAND_OVER  # streamed from the backend
+        started = time.perf_counter()
+        ids = app[REQUEST_IDS]
+        request_id = f"{ids.prefix}{next(ids.counter):08X}"
+        operation = _OPERATIONS[request.method]
+        try:
+            identity = identify(app[VERIFIER], settings, request.method, request.path,
+                                request.query, request.headers,
+                                _query_names(request.query), bucket, operation,
+                                unquote(request.path))
+            admission = app[QOS].admit(identity.access_key_id if identity else None,
+                                       bucket, 0)
+        except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+            self._fail(connection, request, exc, bucket, key, request_id, operation, started)
+            return None
+        try:
+            if missing is not None:
+                raise missing
+            assert located is not None
+            byte_range = parse_range(request.headers.get("range"), located.entry.size)
+            if request.method == "HEAD":
+                sent = self._respond(connection, located, byte_range, None, request_id)
+            else:
+                read = store.read_object_now(located, byte_range)
+                if read is None:
+                    self._read_later(connection, request, located, byte_range, admission,
+                                     request_id, operation, started)
+                    return None
+                sent = self._respond(connection, located, byte_range, read, request_id)
+        except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+            admission.done(0)
+            self._fail(connection, request, exc, bucket, key, request_id, operation, started)
+            return None
+        admission.done(sent)
+        self._count(operation, 206 if byte_range is not None else 200, started, sent)
+        return None
+
+    def _put(self, connection: _Connection, request: _Request, bucket: str,
+             key: str) -> None:
+        """PutObject of a packed object whose whole body is here: checked in the order
+        the full stack checks (handlers/objects.put_object), the body verified against
+        its signed hash, Content-MD5 and x-amz-checksum-* before it is stored."""
+        app = self.app
+        store = app[STORE]
+        started = time.perf_counter()
+        ids = app[REQUEST_IDS]
+        request_id = f"{ids.prefix}{next(ids.counter):08X}"
+        headers = CIMultiDict(request.headers)
+        try:
+            identity = identify(app[VERIFIER], app[SETTINGS], "PUT", request.path,
+                                request.query, headers, _query_names(request.query),
+                                bucket, "put_object", unquote(request.path))
+            admission = app[QOS].admit(identity.access_key_id if identity else None,
+                                       bucket, request.body_length)
+        except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+            self._fail(connection, request, exc, bucket, key, request_id, "put_object",
+                       started)
+            return
+        try:
+            assert identity is not None  # anonymous writes are refused by identify
+            meta = user_metadata(headers, store.limits.user_metadata_bytes_max)
+            store.check_put(bucket, key, meta)
+            decoder = open_body(identity, headers)
+            payload = decoder.feed(request.body)
+            decoder.finish()
+        except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+            admission.done(0)
+            self._fail(connection, request, exc, bucket, key, request_id, "put_object",
+                       started)
+            return
+        inflight = app[INFLIGHT]
+        inflight.count += 1
+        connection.busy = True
+
+        async def finish() -> None:
+            try:
+                info = await store.put_object(bucket, key, payload, meta)
+                connection.send(self._head(200, [("ETag", f'"{info.etag}"')], 0,
+                                           request_id), b"")
+                self.served += 1
+                self._count("put_object", 200, started, 0, len(request.body))
+            except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+                self._fail(connection, request, exc, bucket, key, request_id, "put_object",
+                           started)
+            finally:
+                admission.done(0)
+                inflight.count -= 1
+                connection.done_waiting()
+
+        self._start(finish())
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _read_later(self, connection: _Connection, request: _Request, located: Located,
+                    byte_range: ByteRange | None, admission: Any, request_id: str,
+                    operation: str, started: float) -> None:
+        """A read that must wait (a cold or remote segment): the connection takes no
+        other request until it is answered."""
+        inflight = self.app[INFLIGHT]
+        inflight.count += 1
+        connection.busy = True
+
+        async def finish() -> None:
+            sent = 0
+            try:
+                stream = await self.app[STORE].read_object(located, byte_range)
+                assert stream.body is not None  # packed objects are read whole
+                sent = self._respond(connection, located, byte_range,
+                                     (stream.body, stream.start), request_id)
+                self._count(operation, 206 if byte_range is not None else 200, started,
+                            sent)
+            except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+                self._fail(connection, request, exc, located.info.bucket, located.info.key,
+                           request_id, operation, started)
+            finally:
+                admission.done(sent)
+                inflight.count -= 1
+                connection.done_waiting()
+
+        self._start(finish())
+
+    # ----- responses ----------------------------------------------------------------
+    def _respond(self, connection: _Connection, located: Located,
+                 byte_range: ByteRange | None, read: tuple[bytes, int] | None,
+                 request_id: str) -> int:
+        info = located.info
+        headers = object_header_pairs(info)
+        status, length = 200, info.size
+        if byte_range is not None:
+            status = 206
+            start, length = (read[1], len(read[0])) if read is not None else \
+                (byte_range.start, byte_range.length or 0)
+            headers.append(("Content-Range", f"bytes {start}-{start + length - 1}/{info.size}"))
+        body = read[0] if read is not None else b""
+        connection.send(self._head(status, headers, length, request_id), body)
+        self.served += 1
+        return len(body)
+
+    def _fail(self, connection: _Connection, request: _Request, exc: Exception,
+              bucket: str, key: str, request_id: str, operation: str,
+              started: float) -> None:
+        error = as_s3_error(exc, request.method, request.path)
+        resource = error.resource or f"/{bucket}/{key}"
+        headers = [("Content-Type", "application/xml")]
+        if error.retry_after_s is not None:
+            headers.append(("Retry-After", str(error.retry_after_s)))
+        if request.method == "HEAD":  # no body, and no length (as aiohttp answers)
+            body, length = b"", None
+        else:
+            body = xml.error_xml(error.code, error.detail, resource, request_id)
+            length = len(body)
+        connection.send(self._head(error.status, headers, length, request_id), body)
+        self.served += 1
+        self._count(operation, error.status, started, len(body), len(request.body))
+
+    def _head(self, status: int, headers: list[tuple[str, str]], length: int | None,
+              request_id: str) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        lines.append(f"Date: {self._date.now()}\r\n"
+                     f"Server: petrel\r\nx-amz-request-id: {request_id}\r\n"
+                     f"x-amz-id-2: {request_id}\r\n\r\n")
+        return "\r\n".join(lines).encode()
+
+    def _count(self, operation: str, status: int, started: float, sent: int,
+               received: int = 0) -> None:
+        if METRICS in self.app:
+            self.app[METRICS].observe(operation, status, time.perf_counter() - started,
+                                      received, sent)
+
+
+def _query_names(query: str) -> frozenset[str]:
+    if not query:
+        return frozenset()
+    return frozenset(part.partition("=")[0] for part in query.split("&"))
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while it is in the lane."""
+
+    __slots__ = ("busy", "counted", "idle_since", "lane", "partial", "partial_bytes",
+                 "partial_total", "pending", "read_paused", "transport", "write_paused")
+
+    def __init__(self, lane: FastLane) -> None:
+        self.lane = lane
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.pending = b""
+        # A request whose body is still arriving: its bytes so far, and how many it has.
+        self.partial: list[bytes] | None = None
+        self.partial_bytes = self.partial_total = 0
+        self.counted = False  # counted in flight while its body arrives
+        self.idle_since = time.monotonic()
+        self.read_paused = self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.lane.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.busy:
+            self.pending += data  # the client sent on before its answer: handled after
+            if len(self.pending) > _PENDING_BYTES_MAX and self.transport is not None \
+                    and not self.read_paused:
+                self.read_paused = True  # resumed when the answer is written
+                self.transport.pause_reading()
+            return
+        self.idle_since = time.monotonic()
+        if self.partial is not None:
+            self.partial.append(data)
+            self.partial_bytes += len(data)
+            if self.partial_bytes < self.partial_total:
+                return
+            data = b"".join(self.partial)
+            self.partial = None
+            admitted = self.counted
+            self.lane.release(self)
+            self.lane.handle(self, data, admitted)
+            return
+        self.lane.handle(self, data)
+
+    def wait_for_body(self, data: bytes, total: int) -> None:
+        self.partial, self.partial_bytes, self.partial_total = [data], len(data), total
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lane.release(self)
+        self.partial = None
+        self.lane.connections.discard(self)
+        self.transport = None
+
+    # Flow control: while the client does not read its answers, read no more requests.
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send(self, head: bytes, body: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            # One buffer, one send: joining costs less than a second iovec.
+            self.transport.write(head + body if body else head)
+
+    def done_waiting(self) -> None:
+        self.busy = False
+        self.idle_since = time.monotonic()
+        if self.read_paused and not self.write_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+        pending, self.pending = self.pending, b""
+        if pending and self.transport is not None:
+            self.lane.handle(self, pending)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def hand_over(self, data: bytes) -> None:
+        """From now on aiohttp's protocol owns this connection; `data` (everything
+        received and not answered) is fed to it as if it had just arrived."""
+        transport = self.transport
+        self.lane.release(self)
+        self.lane.connections.discard(self)
+        self.transport = None
+        if transport is None or transport.is_closing():
+            return
+        self.lane.handed_over += 1
+        protocol = self.lane.full_stack()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.write_paused:
+            protocol.pause_writing()
+        if self.read_paused:
+            transport.resume_reading()
+        if data:
+            protocol.data_received(data)
+
+
+class FastSite(web.TCPSite):
+    """aiohttp's TCP site with the fast lane in front of aiohttp's protocol."""
+
+    __slots__ = ("lane",)
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *,
+                 idle_timeout_s: float, ssl_context: Any = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        assert runner.server is not None
+        self.lane = FastLane(runner.app, runner.server, idle_timeout_s)
+        if METRICS in runner.app:
+            lane = self.lane
+            runner.app[METRICS].watch_fast_lane(lambda: (lane.served, lane.handed_over))
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.lane, self._host, self._port,
+                                                ssl=self._ssl_context,
+                                                backlog=self._backlog)
+        if self._server.sockets:
+            self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.lane.close()
