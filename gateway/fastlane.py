@@ -1,25 +1,26 @@
-"""The fast lane: GetObject and HeadObject of packed objects without aiohttp's
-per-request machinery.
+"""The fast lane: GetObject, HeadObject and PutObject of packed objects without
+aiohttp's per-request machinery.
 
-Every connection starts in the lane. A request it can serve is answered straight from
-`data_received`: one complete HTTP/1.1 GET or HEAD of an object, arrived in one read and
-with nothing behind it, no body, no conditional headers, and nothing in the query but a
-presigned URL's SigV4 parameters. It goes through the same steps as the full stack, with
-the same functions: SigV4 (`authn.identify`), QoS admission, the index lookup, a read
-verified against the record's checksum, Range, the same response headers
-(`handlers.objects.object_headers`), S3 errors (`errors.as_s3_error`), request ids and
-metrics.
+Every connection starts in the lane. A request it can serve is answered from
+`data_received`: one HTTP/1.1 GET, HEAD or PUT of an object with nothing pipelined
+behind it, no conditional headers, nothing in the query but a presigned URL's SigV4
+parameters, and for a PUT a plain body no larger than a packed object. It goes through
+the same steps as the full stack, with the same functions: SigV4 (`authn.identify`),
+QoS admission, the index lookup, a read verified against the record's checksum (or a
+body verified against its signed hash, Content-MD5 and x-amz-checksum-* before it is
+stored), Range, the same response headers (`handlers.objects.object_header_pairs`), S3
+errors (`errors.as_s3_error`), request ids and metrics.
 
 Anything else is handed to aiohttp's protocol with every byte received so far, and the
-connection stays with aiohttp from then on: a request with a body, a bucket or service
-operation, a query sub-resource, a request split across reads or pipelined behind
-another, an object that is large or not readable without waiting on the disk or the
-backend (those are read in a worker thread; the lane answers them when the read is done),
-and every request while the gateway drains for shutdown.
+connection stays with aiohttp from then on: aws-chunked uploads, copies, multipart,
+bucket and service operations, query sub-resources, pipelined requests, large objects,
+and new requests while the gateway drains for shutdown. Reads that must wait on the disk
+or the backend, and every write, finish in a task; the connection takes no other
+request meanwhile.
 
 Why: of the ~300 us of CPU a 10 KiB GET cost through aiohttp's web stack on one core,
-about half was aiohttp's request and response objects, middleware and router; reads of
-small objects are what training jobs send most (bench/results/s3-profile-*.md).
+about half was aiohttp's request and response objects, middleware and router; small
+objects are what training jobs read and write most (bench/results/s3-profile-*.md).
 """
 
 from __future__ import annotations

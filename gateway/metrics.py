@@ -137,7 +137,7 @@ class _FastLaneCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         served, handed_over = self._counts()
         yield CounterMetricFamily("petrel_fast_lane_requests",
-                                  "Requests answered by the fast lane (GET and HEAD of "
+                                  "Requests answered by the fast lane (GET, HEAD and PUT of "
                                   "packed objects) instead of aiohttp's web stack.",
                                   value=served)
         yield CounterMetricFamily("petrel_fast_lane_handovers",

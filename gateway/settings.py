@@ -38,7 +38,7 @@ class GatewaySettings:
     # keep-alive requests, or a request line or headers still arriving) is closed after
     # this long: slow or silent clients cannot pin sockets.
     idle_connection_timeout_s: float = 60.0
-    # GETs and HEADs of small objects answered by the fast lane (gateway/fastlane.py)
+    # GETs, HEADs and PUTs of packed objects answered by the fast lane (gateway/fastlane.py)
     # instead of aiohttp's web stack; false sends every request through aiohttp.
     fast_lane: bool = True
     # Seconds in-flight requests get to finish on SIGTERM.
