@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, NamedTuple
 
 from petrel import format as fmt
 from petrel import index as ix
@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from petrel.store import Store
 
 
-@dataclass(frozen=True, slots=True)
-class _Want:
+class _Want(NamedTuple):
+    """One record to read: for the item at `position` of the batch. A NamedTuple, not a
+    dataclass: one is built per object read, and a tuple is cheaper to construct."""
+
     position: int
     entry: fmt.Entry
     full_key: bytes
@@ -38,61 +40,43 @@ class Run:
     wants: list[_Want]
 
 
+_BY_LOCATION = attrgetter("entry.location")  # (segment id, offset, ...): read order
+
+
 def plan_runs(wants: list[_Want], gap_bytes: int, run_bytes_max: int) -> list[Run]:
-    """Group reads by segment, sort by offset, merge neighbours closer than `gap_bytes`
-    into runs of at most `run_bytes_max` (a single larger record is its own run)."""
-    by_segment: dict[int, list[_Want]] = defaultdict(list)
-    for want in wants:
-        by_segment[want.entry.location.segment_id].append(want)
+    """Sort reads by segment and offset, merge neighbours closer than `gap_bytes` into
+    runs of at most `run_bytes_max` (a single larger record is its own run). Runs come
+    in (segment id, offset) order."""
     runs: list[Run] = []
-    for segment_id, items in by_segment.items():
-        items.sort(key=lambda w: w.entry.location.offset)
-        run: Run | None = None
-        for want in items:
-            start = want.entry.location.offset
-            end = start + want.entry.location.length
-            if run is not None and start - run.end <= gap_bytes \
-                    and max(end, run.end) - run.start <= run_bytes_max:
-                run.end = max(run.end, end)
-                run.wants.append(want)
-                continue
-            run = Run(segment_id, start, end, [want])
-            runs.append(run)
+    run: Run | None = None
+    for want in sorted(wants, key=_BY_LOCATION):
+        segment_id, start, length, _ = want.entry.location
+        end = start + length
+        if run is not None and segment_id == run.segment_id and start - run.end <= gap_bytes \
+                and max(end, run.end) - run.start <= run_bytes_max:
+            run.end = max(run.end, end)
+            run.wants.append(want)
+            continue
+        run = Run(segment_id, start, end, [want])
+        runs.append(run)
     return runs
 
 
 async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
     requested = list(items)
     results: list[GetResult | None] = [None] * len(requested)
-    keys: list[bytes] = []
-    positions: list[int] = []
-    full_keys: list[bytes] = []
-    buckets = store.applier.buckets
-    key_bytes_max = store.limits.key_bytes_max
-    for position, item in enumerate(requested):
-        row = buckets.get(item.bucket)
-        raw_key = item.key.encode()
-        if row is None or not raw_key or len(raw_key) > key_bytes_max:
-            try:
-                store._bucket(item.bucket)
-                store._key(item.key)
-            except PetrelError as exc:
-                results[position] = GetResult(item, None, exc)
-                continue
-        assert row is not None
-        keys.append(ix.object_key(row.bucket_id, raw_key))
-        full_keys.append(item.bucket.encode() + b"/" + raw_key)
-        positions.append(position)
+    positions, keys, full_keys = _index_keys(store, requested, results)
     values = store.kv.multi_get(keys)
     wants: list[_Want] = []
     large: list[int] = []
+    decode = fmt.decode_index_value
     for position, full_key, value in zip(positions, full_keys, values, strict=True):
-        item = requested[position]
         if value is None:
+            item = requested[position]
             error = NoSuchKey(resource=f"{item.bucket}/{item.key}")
             results[position] = GetResult(item, None, error)
             continue
-        entry = fmt.decode_index_value(value)
+        entry = decode(value)
         if entry.flags & fmt.FLAG_LARGE:
             large.append(position)
             continue
@@ -116,7 +100,42 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
             results[position] = GetResult(item, got.body, None, got._entry)
         except PetrelError as exc:
             results[position] = GetResult(item, None, exc)
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(requested)
+    return done
+
+
+def _index_keys(store: Store, requested: list[GetItem], results: list[GetResult | None]
+                ) -> tuple[list[int], list[bytes], list[bytes]]:
+    """(positions, index keys, b"bucket/key" record keys) of the items that name an
+    existing bucket and a valid key; the others get their error in `results`."""
+    positions: list[int] = []
+    keys: list[bytes] = []
+    full_keys: list[bytes] = []
+    # Per bucket named: (index key prefix, record key prefix); a batch names one or few.
+    prefixes: dict[str, tuple[bytes, bytes]] = {}
+    buckets = store.applier.buckets
+    key_bytes_max = store.limits.key_bytes_max
+    for position, item in enumerate(requested):
+        raw_key = item.key.encode()
+        prefix = prefixes.get(item.bucket)
+        if prefix is None:
+            row = buckets.get(item.bucket)
+            if row is not None:
+                prefix = prefixes[item.bucket] = (ix.object_prefix(row.bucket_id),
+                                                  item.bucket.encode() + b"/")
+        if prefix is None or not raw_key or len(raw_key) > key_bytes_max:
+            try:
+                store._bucket(item.bucket)
+                store._key(item.key)
+            except PetrelError as exc:
+                results[position] = GetResult(item, None, exc)
+                continue
+        assert prefix is not None
+        positions.append(position)
+        keys.append(prefix[0] + raw_key)  # ix.object_key(bucket id, raw_key)
+        full_keys.append(prefix[1] + raw_key)
+    return positions, keys, full_keys
 
 
 async def _read_remote(store: Store, requested: list[GetItem],
@@ -167,32 +186,36 @@ async def _read_each(store: Store, requested: list[GetItem],
         except PetrelError as exc:
             results[want.position] = GetResult(item, None, exc)
             continue
-        _finish(store, item, results, want.position, want.entry, want.full_key, payload,
-                0, verified=True)
+        _finish(item, results, want.position, want.entry, payload)
 
 
 def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
                 run: Run, data: bytes | mmap.mmap, base: int) -> None:
     """Verify and slice the run's records; `base` is where the run starts in `data`."""
-    for want in run.wants:
-        _finish(store, requested[want.position], results, want.position, want.entry,
-                want.full_key, data, want.entry.location.offset - run.start + base)
+    check = store._check_payload
+    shift = base - run.start
+    for position, entry, full_key in run.wants:
+        item = requested[position]
+        location = entry.location
+        try:
+            body = check(data, location.offset + shift, location, full_key)
+            if item.byte_range is not None:
+                start, length = resolve_range(item.byte_range, entry.size)
+                body = body[start : start + length]
+        except PetrelError as exc:
+            results[position] = GetResult(item, None, exc)
+            continue
+        results[position] = GetResult(item, body, None, entry)
 
 
-def _finish(store: Store, item: GetItem, results: list[GetResult | None], position: int,
-            entry: fmt.Entry, full_key: bytes, data: bytes | mmap.mmap, offset: int, *,
-            verified: bool = False) -> None:
-    """Verify the record at `offset` in `data` (unless `verified`: `data` is then the
-    payload already checked) and set the item's result."""
+def _finish(item: GetItem, results: list[GetResult | None], position: int,
+            entry: fmt.Entry, payload: bytes) -> None:
+    """Set the item's result from its verified `payload`."""
+    body = payload
     try:
-        if verified:
-            assert isinstance(data, bytes) and offset == 0
-            body = data
-        else:
-            body = store._check_payload(data, offset, entry.location, full_key)
         if item.byte_range is not None:
             start, length = resolve_range(item.byte_range, entry.size)
-            body = body[start : start + length]
+            body = payload[start : start + length]
     except PetrelError as exc:
         results[position] = GetResult(item, None, exc)
         return

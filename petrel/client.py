@@ -528,10 +528,13 @@ class Client:
                          items: builtins.list[tuple[str, tuple[int, int | None] | None]]
                          ) -> builtins.list[GetResult]:
         body = wire.encode_get_request(items)
+        bucket = Location(where[0], where[1], "")
         try:
-            response = self._batch_post(where, "batch-get", body,
-                                        hashlib.sha256(body).hexdigest())
-            return _decode_get_response(response.data, items)
+            pieces = self._transport(bucket.cluster).request_pieces(
+                "POST", bucket.path, [("batch-get", "")], body=body,
+                payload_hash=hashlib.sha256(body).hexdigest(),
+                headers={"Content-Type": wire.CONTENT_TYPE})
+            return _decode_get_response(pieces, items)
         except NoSuchBucket:
             return [None] * len(items)
         except PetrelError as error:
@@ -605,24 +608,15 @@ def _iso_date(text: str | None) -> datetime | None:
         return None
 
 
-def _decode_get_response(body: bytes, items: Sequence[tuple[str, object]]) -> list[GetResult]:
+def _decode_get_response(pieces: Sequence[bytes],
+                         items: Sequence[tuple[str, object]]) -> list[GetResult]:
     """Raises MalformedBatch for a stream that is cut short, corrupt, or does not answer
     the keys asked, in their order."""
-    frames = wire.decode(body, wire.Kind.GET_RESPONSE)
-    if len(frames) != len(items):
-        raise MalformedBatch(f"batch get answered {len(frames)} items for {len(items)}")
-    results: list[GetResult] = []
-    append = results.append
-    ok, not_found = wire.Status.OK, wire.Status.NOT_FOUND
-    for frame, (key, _) in zip(frames, items, strict=True):
-        if frame.key != key:
-            raise MalformedBatch(f"batch get answered {frame.key!r} in the place of {key!r}")
-        if frame.status is ok:
-            append(bytes(frame.data))
-        elif frame.status is not_found:
-            append(None)
-        else:
-            append(_item_error(frame))
+    results: list[Any] = wire.decode_get_response(pieces, [key for key, _ in items])
+    not_found = wire.Status.NOT_FOUND
+    for index, answer in enumerate(results):
+        if answer.__class__ is not bytes:  # a Frame: the rare case
+            results[index] = None if answer.status is not_found else _item_error(answer)
     return results
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -291,9 +291,11 @@ class PrefetchCache:
         round_claimers: list[int] = []
         with self._cond:
             waiting = False
+            answered = 0
             counters = self._counters
+            read_one = self._read_one
             for i in todo:
-                outcome = self._read_one(keys[i], claimed)
+                outcome = read_one(keys[i], claimed)
                 if outcome is _Wait:
                     waiting = True
                 elif outcome is _Claimed:
@@ -302,12 +304,18 @@ class PrefetchCache:
                 elif outcome is _Direct:
                     counters.misses += 1
                     direct.append(i)
+                    answered += 1
                 else:
                     results[i] = outcome
+                    answered += 1
                     if i in claimers:
                         counters.misses += 1
                     else:
                         counters.hits += 1
+            if answered:
+                # Reads were consumed: pinned bytes and look-ahead may have dropped. One
+                # wake-up for the round, not one per key (the thread may wait for room).
+                self._cond.notify_all()
             if waiting and not claimed and not direct:
                 self._counters.waits += 1
                 self._cond.wait(self.settings.wait_poll_s)
@@ -348,8 +356,7 @@ class PrefetchCache:
         self._pop_planned(key)
         batch.unread -= 1
         if batch.unread == 0:
-            self._plan.ahead_batches -= 1
-            self._cond.notify_all()
+            self._plan.ahead_batches -= 1  # the caller notifies
         entry = self._entries.get(key)
         if entry is None:  # dropped for lack of room, or evicted before it was pinned
             return _Direct
@@ -474,14 +481,13 @@ class PrefetchCache:
             with self._cond:
                 current = batch.generation == self._generation and not self._closed
                 self._in_flight.difference_update(wanted)
-                reads: dict[str, int] = {}
-                for key in batch.keys:
-                    reads[key] = reads.get(key, 0) + 1
-                for key, count in reads.items():
+                deferred = self._deferred_pins
+                store = self._store
+                for key, count in Counter(batch.keys).items():
                     pins = count if current else 0
-                    if key in values:
-                        pins += self._deferred_pins.pop(key, 0)
-                    self._store(key, values.get(key, _UNSET), pins)
+                    if deferred and key in values:
+                        pins += deferred.pop(key, 0)
+                    store(key, values.get(key, _UNSET), pins)
                 batch.state = _State.DONE
                 self._cond.notify_all()
         return bool(wanted)
@@ -545,6 +551,7 @@ class PrefetchCache:
         entry.pins += count
 
     def _unpin(self, key: str, entry: _Entry) -> None:
+        """Drop one pin (the caller notifies waiters once it is done unpinning)."""
         entry.pins -= 1
         if entry.pins:
             return
@@ -553,7 +560,6 @@ class PrefetchCache:
             self._lru[key] = None
         else:  # misses and errors are answered once, not kept
             del self._entries[key]
-        self._cond.notify_all()
 
 
 class _Marker:

@@ -14,6 +14,8 @@ Contracts:
 - Any other non-2xx answer raises the `petrel.errors` class of its S3 error code
   (`error_for_code`); a body-less answer (HEAD) maps by status. When retries run out the
   last error is raised: the mapped S3 error, or `EndpointUnreachable` for the network.
+- `request_pieces` is `request` for a body wanted as it arrived (a batch get answer):
+  the same retries, a body cut short retried like any other.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -45,6 +47,7 @@ from petrel.errors import (
 )
 from petrel.sigv4 import Signer, encode_path, encode_query
 
+_Body = TypeVar("_Body")
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = f"petrel-client/{__version__}"
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,256})</Code>")
@@ -198,6 +201,44 @@ class Transport:
         """Send one request (`path` decoded, e.g. "/bucket/a b"), retrying per the
         policy; returns a 2xx response, its body read unless `stream`. `key` names the
         object in errors and maps a body-less 404 to NoSuchKey (else NoSuchBucket)."""
+        response, _ = self._exchange(method, path, query, headers, body, payload_hash,
+                                     idempotent, key, None if stream else _read_whole)
+        return response
+
+    def request_pieces(
+        self,
+        method: str,
+        path: str,
+        query: Iterable[tuple[str, str]] = (),
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        payload_hash: str,
+        idempotent: bool = True,
+        key: str | None = None,
+    ) -> list[bytes]:
+        """As `request`, for a body wanted as it arrived, never joined: the chunks of a
+        chunked answer, or the whole body as one piece (a long batch get answer is
+        tens of MiB: a join would copy it once more, into freshly mapped pages)."""
+        _, pieces = self._exchange(method, path, query, headers, body, payload_hash,
+                                   idempotent, key, _read_pieces)
+        assert pieces is not None
+        return pieces
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        query: Iterable[tuple[str, str]],
+        headers: Mapping[str, str] | None,
+        body: bytes,
+        payload_hash: str,
+        idempotent: bool,
+        key: str | None,
+        read: Callable[[urllib3.BaseHTTPResponse], _Body] | None,
+    ) -> tuple[urllib3.BaseHTTPResponse, _Body | None]:
+        """The retry loop of `request`: a 2xx response and what `read` made of its body
+        (None and the body unread when `read` is None)."""
         raw_path, raw_query = self.url(path, query)
         target = f"{raw_path}?{raw_query}" if raw_query else raw_path
         base_headers = {"Host": self.endpoint.host_header, "User-Agent": USER_AGENT,
@@ -224,11 +265,10 @@ class Transport:
                 ) from exc
             status = response.status
             if 200 <= status < 300:
-                if stream:
-                    return response
+                if read is None:
+                    return response, None
                 try:
-                    self._read_body(response)
-                    return response
+                    return response, _read_releasing(response, read)
                 except HTTPError as exc:  # the body was cut short: never passed on as data
                     if idempotent and self._may_retry(attempt, started):
                         self._backoff(attempt, started)
@@ -246,13 +286,6 @@ class Transport:
                 error.detail = f"{error.detail} (after {attempt} attempts)"
                 error.args = (error.detail,)
             raise error
-
-    @staticmethod
-    def _read_body(response: urllib3.BaseHTTPResponse) -> None:
-        try:
-            response.read(cache_content=True)
-        finally:
-            response.release_conn()
 
     def _may_retry(self, attempt: int, started: float) -> bool:
         policy = self.retry
@@ -274,6 +307,28 @@ class Transport:
         finally:
             response.release_conn()
         return error_from_response(response.status, body, path, key)
+
+
+def _read_releasing(response: urllib3.BaseHTTPResponse,
+                    read: Callable[[urllib3.BaseHTTPResponse], _Body]) -> _Body:
+    try:
+        return read(response)
+    finally:
+        response.release_conn()
+
+
+def _read_whole(response: urllib3.BaseHTTPResponse) -> None:
+    """Read the body into the response (`response.data`)."""
+    response.read(cache_content=True)
+
+
+def _read_pieces(response: urllib3.BaseHTTPResponse) -> list[bytes]:
+    """The body as received: one piece per HTTP chunk (chunked), else one piece. A
+    chunked body cut short raises (urllib3's ProtocolError, an HTTPError)."""
+    if response.chunked:
+        return [chunk for chunk in response.read_chunked(decode_content=False) if chunk]
+    data = response.read()
+    return [data] if data else []
 
 
 def error_from_response(status: int, body: bytes, resource: str,

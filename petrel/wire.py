@@ -16,13 +16,16 @@ number of item frames before it: a stream cut short (a gateway killed mid-respon
 no END frame and fails to decode; it is never passed off as a shorter batch.
 
 Decoding works on `memoryview` slices: a payload is copied once, out of the received
-buffer, when the caller asks for it as bytes.
+buffer, when the caller asks for it as bytes; `decode_get_response`, the client's, hands
+each payload out as bytes copied straight from the pieces the answer arrived in.
+Encoding appends a frame as its header (one pack, key and aux joined to it) and its
+payload uncopied, hashed without joining the two: a stream is joined once, whole.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -37,6 +40,7 @@ CONTENT_TYPE = "application/x-petrel-batch"
 _STREAM = struct.Struct("<4sBBH")
 _CHECKSUM = struct.Struct("<Q")
 _FIELDS = struct.Struct("<BBHIQ")
+_HEADER = struct.Struct("<QBBHIQ")  # checksum, then _FIELDS: one unpack per decoded frame
 _RANGE = struct.Struct("<QQ")
 _COUNT = struct.Struct("<Q")
 _INFO = struct.Struct("<QQ")
@@ -45,9 +49,9 @@ FRAME_HEADER_BYTES = _CHECKSUM.size + _FIELDS.size
 
 TO_END = (1 << 64) - 1  # a range length meaning "to the end of the object"
 KEY_BYTES_MAX = 0xFFFF
-_HASH_JOIN_MAX = 64 * 1024  # bodies up to this are hashed joined, larger ones streamed
 
 _xxh3 = xxhash.xxh3_64_intdigest
+_Hasher = xxhash.xxh3_64
 
 
 class Kind(IntEnum):
@@ -94,25 +98,48 @@ def stream_header(kind: Kind) -> bytes:
     return _STREAM.pack(MAGIC, VERSION, kind, 0)
 
 
-def _checksum(fields: bytes, key: bytes, aux: bytes, data: bytes | memoryview) -> int:
-    if len(data) <= _HASH_JOIN_MAX:
-        return _xxh3(b"".join((fields, key, aux, data)))
-    hasher = xxhash.xxh3_64()
-    hasher.update(fields)
-    hasher.update(key)
-    hasher.update(aux)
+def _checksum(head: bytes, data: bytes | bytearray | memoryview) -> int:
+    """xxh3-64 of `head` (fields, key, aux) followed by `data`, without joining them."""
+    if not len(data):
+        return _xxh3(head)
+    hasher = _Hasher(head)
     hasher.update(data)
     return hasher.intdigest()
 
 
-def frame(status: Status, key: str, aux: bytes = b"", data: bytes | memoryview = b"",
-          flags: int = 0) -> list[bytes | memoryview]:
-    """The pieces of one frame (header, key, aux, data), for a writev-style join."""
+def _head(status: int, key: str, aux: bytes, data_len: int, flags: int) -> tuple[bytes, bytes]:
+    """(raw key, the bytes a frame's checksum covers before its data)."""
     raw_key = key.encode("utf-8", "surrogatepass")
     if len(raw_key) > KEY_BYTES_MAX:
         raise MalformedBatch(f"key of {len(raw_key)} bytes is over {KEY_BYTES_MAX}")
-    fields = _FIELDS.pack(status, flags, len(raw_key), len(aux), len(data))
-    return [_CHECKSUM.pack(_checksum(fields, raw_key, aux, data)) + fields, raw_key, aux, data]
+    return raw_key, _FIELDS.pack(status, flags, len(raw_key), len(aux), data_len) + raw_key + aux
+
+
+def frame(status: Status, key: str, aux: bytes = b"", data: bytes | memoryview = b"",
+          flags: int = 0) -> list[bytes | memoryview]:
+    """The pieces of one frame (header with key and aux, then data), for a writev-style
+    join: the payload is not copied here."""
+    pieces: list[bytes | memoryview] = []
+    add_frame(pieces, status, key, aux, data, flags)
+    return pieces
+
+
+def add_frame(pieces: list[bytes | memoryview], status: Status, key: str, aux: bytes = b"",
+              data: bytes | memoryview = b"", flags: int = 0) -> None:
+    """Append one frame's pieces to `pieces`, a stream being built for one join (each
+    payload is then copied once, into the joined body)."""
+    _, head = _head(status, key, aux, len(data), flags)
+    pieces.append(_CHECKSUM.pack(_checksum(head, data)) + head)
+    if len(data):
+        pieces.append(data)
+
+
+def add_found(pieces: list[bytes | memoryview], key: str, size: int, last_modified_ms: int,
+              etag: str, data: bytes | memoryview) -> None:
+    """`add_frame` of the OK frame of a found object (its info as `info_aux` encodes
+    it): the batch get answer's hot path, one call per object."""
+    add_frame(pieces, Status.OK, key,
+              _INFO.pack(size, last_modified_ms) + etag.encode("ascii"), data)
 
 
 def end_frame(count: int) -> bytes:
@@ -148,13 +175,13 @@ def encode_get_request(items: Iterable[tuple[str, tuple[int, int | None] | None]
     count = 0
     for key, byte_range in items:
         if byte_range is None:
-            pieces += frame(Status.OK, key)
+            add_frame(pieces, Status.OK, key)
         else:
             start, length = byte_range
             if start < 0 or (length is not None and length < 0):
                 raise MalformedBatch(f"negative byte range for {key!r}")
             aux = _RANGE.pack(start, TO_END if length is None else length)
-            pieces += frame(Status.OK, key, aux, flags=FLAG_RANGE)
+            add_frame(pieces, Status.OK, key, aux, flags=FLAG_RANGE)
         count += 1
     pieces.append(end_frame(count))
     return b"".join(pieces)
@@ -165,7 +192,7 @@ def encode_put_request(items: Iterable[tuple[str, bytes | memoryview, str]]) -> 
     pieces: list[bytes | memoryview] = [stream_header(Kind.PUT_REQUEST)]
     count = 0
     for key, data, content_type in items:
-        pieces += frame(Status.OK, key, content_type.encode(), data)
+        add_frame(pieces, Status.OK, key, content_type.encode(), data)
         count += 1
     pieces.append(end_frame(count))
     return b"".join(pieces)
@@ -193,6 +220,101 @@ def decode(buffer: bytes | bytearray | memoryview, kind: Kind,
         if items_max is not None and len(frames) >= items_max:
             raise MalformedBatch(f"more than {items_max} items in one batch")
         frames.append(item)
+
+
+def decode_get_response(pieces: Iterable[bytes | bytearray | memoryview],
+                        keys: Sequence[str]) -> list[bytes | Frame]:
+    """The answer to a batch get of `keys`, as it arrived in `pieces` (a whole
+    GET_RESPONSE stream cut anywhere, e.g. its HTTP chunks): per key, in order, the
+    payload of its OK frame as bytes, or the Frame of its NOT_FOUND or ERROR frame.
+
+    The client's hot path: checked as `decode` checks a stream (header, every frame's
+    checksum, the END frame's count, nothing after END), and every frame must answer
+    the key asked in its place. A payload is copied once, out of its piece. A frame cut
+    across pieces is joined once it is whole, so a large object in small pieces costs
+    no more than one copy. Raises MalformedBatch."""
+    answers: list[bytes | Frame] = []
+    held: list[bytes] = []  # the pieces of a stream header or frame not whole yet
+    held_bytes = 0
+    needed = STREAM_HEADER_BYTES  # what `held` must reach before it is decoded
+    started = done = False
+    for piece in pieces:
+        if done:
+            if len(piece):
+                raise MalformedBatch("bytes after the END frame")
+            continue
+        held.append(bytes(piece))
+        held_bytes += len(piece)
+        if held_bytes < needed:
+            continue
+        buffer = held[0] if len(held) == 1 else b"".join(held)
+        position = 0
+        if not started:
+            check_stream_header(memoryview(buffer), Kind.GET_RESPONSE)
+            position, started = STREAM_HEADER_BYTES, True
+        position, done = _get_answers(buffer, position, keys, answers)
+        if done and position != len(buffer):
+            raise MalformedBatch("bytes after the END frame")
+        rest = buffer[position:] if position else buffer
+        held, held_bytes = ([rest], len(rest)) if rest else ([], 0)
+        needed = _frame_bytes(rest)
+    if not done:
+        raise MalformedBatch(f"batch stream truncated after {len(answers)} items")
+    return answers
+
+
+def _frame_bytes(start: bytes) -> int:
+    """The length of the frame that `start` begins, or of its header while that is cut."""
+    if len(start) < FRAME_HEADER_BYTES:
+        return FRAME_HEADER_BYTES
+    _, _, _, key_len, aux_len, data_len = _HEADER.unpack_from(start)
+    return int(FRAME_HEADER_BYTES + key_len + aux_len + data_len)
+
+
+def _get_answers(buffer: bytes, position: int, keys: Sequence[str],
+                 answers: list[bytes | Frame]) -> tuple[int, bool]:
+    """Decode the whole frames of `buffer` from `position` into `answers`: (where the
+    first incomplete frame starts, whether the END frame was read)."""
+    view = memoryview(buffer)
+    size = len(buffer)
+    unpack = _HEADER.unpack_from
+    append = answers.append
+    while size - position >= FRAME_HEADER_BYTES:
+        checksum, status, flags, key_len, aux_len, data_len = unpack(buffer, position)
+        key_at = position + FRAME_HEADER_BYTES
+        aux_at = key_at + key_len
+        data_at = aux_at + aux_len
+        end = data_at + data_len
+        if end > size:
+            break
+        if _xxh3(view[position + 8 : end]) != checksum:
+            raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+        if status == Status.END:
+            _check_end(Frame(Status.END, flags, "", view[aux_at:data_at], view[data_at:end]),
+                       len(answers))
+            if key_len:
+                raise MalformedBatch("malformed END frame")
+            if len(answers) != len(keys):
+                raise MalformedBatch(f"batch get answered {len(answers)} items for "
+                                     f"{len(keys)}")
+            return end, True
+        index = len(answers)
+        try:
+            key = buffer[key_at:aux_at].decode()
+        except UnicodeDecodeError:
+            raise MalformedBatch("batch item key is not valid UTF-8") from None
+        if index >= len(keys) or key != keys[index]:
+            asked = repr(keys[index]) if index < len(keys) else "nothing"
+            raise MalformedBatch(f"batch get answered {key!r} in the place of {asked}")
+        if status == Status.OK:
+            append(buffer[data_at:end])
+        else:
+            known = _STATUS_OF.get(status)
+            if known is None:
+                raise MalformedBatch(f"unknown frame status {status}")
+            append(Frame(known, flags, key, view[aux_at:data_at], view[data_at:end]))
+        position = end
+    return position, False
 
 
 class StreamDecoder:
@@ -262,10 +384,11 @@ def _frame_at(view: memoryview, position: int) -> tuple[Frame, int] | None:
     ends first. Raises MalformedBatch for a frame that is complete but wrong."""
     if len(view) - position < FRAME_HEADER_BYTES:
         return None
-    (checksum,) = _CHECKSUM.unpack_from(view, position)
-    status, flags, key_len, aux_len, data_len = _FIELDS.unpack_from(view, position + 8)
+    checksum, status, flags, key_len, aux_len, data_len = _HEADER.unpack_from(view, position)
     body = position + FRAME_HEADER_BYTES
-    end = body + key_len + aux_len + data_len
+    aux_at = body + key_len
+    data_at = aux_at + aux_len
+    end = data_at + data_len
     if end > len(view):
         return None
     if _xxh3(view[position + 8 : end]) != checksum:
@@ -274,11 +397,10 @@ def _frame_at(view: memoryview, position: int) -> tuple[Frame, int] | None:
     if known is None:
         raise MalformedBatch(f"unknown frame status {status}")
     try:
-        key = str(view[body : body + key_len], "utf-8")
+        key = str(view[body:aux_at], "utf-8")
     except UnicodeDecodeError:
         raise MalformedBatch("batch item key is not valid UTF-8") from None
-    aux = view[body + key_len : body + key_len + aux_len]
-    return Frame(known, flags, key, aux, view[body + key_len + aux_len : end]), end
+    return Frame(known, flags, key, view[aux_at:data_at], view[data_at:end]), end
 
 
 def _check_end(item: Frame, count: int) -> None:

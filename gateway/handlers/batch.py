@@ -2,13 +2,17 @@
 BatchPutObjects (`POST /bucket?batch-put`). Bodies in both directions are petrel batch
 streams (petrel/wire.py, docs/wire.md).
 
-A batch get answers 200 and streams one frame per requested key, in request order, as
-windows of keys are read; a key that is missing or fails (a range past the end, a
-corrupt record) gets its own NOT_FOUND or ERROR frame and the stream goes on. A failure
-of the whole request after the first byte was sent (the store closing under it) cuts the
-connection before the END frame, so the client sees a truncated stream, never a short
-batch. A batch put decodes and checks the whole body first (every frame's checksum),
-then appends every object as one group with one durable commit.
+A batch get answers 200 with one frame per requested key, in request order, read in
+windows of keys; a key that is missing or fails (a range past the end, a corrupt record)
+gets its own NOT_FOUND or ERROR frame and the stream goes on. An answer that fits
+RESPONSE_BUFFER_BYTES is sent whole once read, in one write with a Content-Length; a
+longer one is streamed (chunked). A failure of the whole request before the first byte
+is sent is an ordinary S3 error; after it (the store closing under a streamed answer) it
+cuts the connection before the END frame, so the client sees a truncated stream, never
+a short batch.
+
+A batch put decodes and checks the whole body first (every frame's checksum), then
+appends every object as one group with one durable commit.
 """
 
 from __future__ import annotations
@@ -25,10 +29,17 @@ from petrel_gateway.handlers.base import Call
 
 log = logging.getLogger("petrel.gateway")
 
-# Keys read per engine call while streaming a batch get: one index multi-get and one
-# merged read plan per window. Bounds the bytes held at once (a window of 1 MiB
-# packed objects is 64 MiB) while keeping neighbouring reads mergeable.
+# Keys read per engine call while answering a batch get: one index multi-get and one
+# merged read plan per window. Bounds the bytes read at once (a window of 1 MiB packed
+# objects is 64 MiB) while keeping neighbouring reads mergeable.
 WINDOW_ITEMS = 64
+# Payload bytes gathered before a batch get answer starts. An answer that fits (1000
+# objects of 16 KiB) goes out whole, headers included, in one write with a
+# Content-Length: a write per window costs a system call and a wake-up of the reader
+# each, and a client reads a body with a length into one buffer, where a chunked one
+# arrives in pieces. A longer answer is streamed in writes of about this size. Held per
+# request: at most this plus one window, and its joined copy while it is written.
+RESPONSE_BUFFER_BYTES = 16 * 1024 * 1024
 
 
 def _request_bytes_max(call: Call, with_data: bool) -> int:
@@ -56,26 +67,31 @@ def _stream_response() -> web.StreamResponse:
 
 async def batch_get_objects(call: Call) -> web.StreamResponse:
     body = await call.read_body(_request_bytes_max(call, with_data=False))
-    frames = _decode(body, wire.Kind.GET_REQUEST, call)
-    items: list[GetItem] = []
-    for item in frames:
-        byte_range = wire.frame_range(item)
-        items.append(GetItem(call.bucket, item.key, None if byte_range is None
-                             else ByteRange(byte_range[0], byte_range[1])))
+    items = _get_items(_decode(body, wire.Kind.GET_REQUEST, call), call.bucket)
     call.store.head_bucket(call.bucket)  # a missing bucket fails the whole request
-    response = _stream_response()
-    await response.prepare(call.request)
+    # Frames not sent yet, joined once per write: each payload is copied once here.
+    pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
+    held = 0
+    response: web.StreamResponse | None = None
     try:
-        await response.write(wire.stream_header(wire.Kind.GET_RESPONSE))
         for start in range(0, len(items), WINDOW_ITEMS):
-            results = await call.store.get_objects(items[start : start + WINDOW_ITEMS])
-            pieces: list[bytes | memoryview] = []
-            for result in results:
-                pieces += _get_frame(result)
-            await response.write(b"".join(pieces))
-        await response.write(wire.end_frame(len(items)))
-        await response.write_eof()
+            window = await call.store.get_objects(items[start : start + WINDOW_ITEMS])
+            held += _encode_window(pieces, window)
+            if held >= RESPONSE_BUFFER_BYTES and start + WINDOW_ITEMS < len(items):
+                if response is None:
+                    response = _stream_response()
+                    await response.prepare(call.request)
+                await response.write(b"".join(pieces))
+                pieces, held = [], 0
+        pieces.append(wire.end_frame(len(items)))
+        if response is None:
+            # Nothing sent yet: a failure above was still an ordinary S3 error answer.
+            return web.Response(status=200, body=b"".join(pieces),
+                                headers={"Content-Type": wire.CONTENT_TYPE})
+        await response.write_eof(b"".join(pieces))
     except (ConnectionError, PetrelError) as exc:
+        if response is None:
+            raise
         # Headers are sent: no S3 error can be rendered any more. Cut the connection
         # before the END frame so the client knows the batch is incomplete.
         log.warning("batch get on %s cut after the response started: %s", call.bucket, exc)
@@ -84,20 +100,43 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
     return response
 
 
-def _get_frame(result: GetResult) -> list[bytes | memoryview]:
+def _get_items(frames: list[wire.Frame], bucket: str) -> list[GetItem]:
+    items: list[GetItem] = []
+    for item in frames:
+        byte_range = wire.frame_range(item)
+        items.append(GetItem(bucket, item.key, None if byte_range is None
+                             else ByteRange(byte_range[0], byte_range[1])))
+    return items
+
+
+def _encode_window(pieces: list[bytes | memoryview], results: list[GetResult]) -> int:
+    """Append one frame per result to `pieces`, in order; returns the payload bytes
+    added."""
+    add_found = wire.add_found
+    payload_bytes = 0
+    for result in results:
+        data = result.data
+        if data is not None:
+            entry = result.entry
+            assert entry is not None
+            add_found(pieces, result.item.key, entry.size, entry.mtime_ms, entry.etag, data)
+            payload_bytes += len(data)
+        else:
+            _add_failure(pieces, result)
+    return payload_bytes
+
+
+def _add_failure(pieces: list[bytes | memoryview], result: GetResult) -> None:
     key = result.item.key
-    if result.data is not None:
-        entry = result.entry
-        assert entry is not None
-        info = wire.ItemInfo(entry.size, entry.mtime_ms, entry.etag)
-        return wire.frame(wire.Status.OK, key, wire.info_aux(info), result.data)
     error = result.error
     if isinstance(error, NoSuchKey):
-        return wire.frame(wire.Status.NOT_FOUND, key, wire.error_aux(error.code, error.detail))
-    if isinstance(error, PetrelError):
-        return wire.frame(wire.Status.ERROR, key, wire.error_aux(error.code, error.detail))
-    log.error("batch get of %s/%s failed: %r", result.item.bucket, key, error)
-    return wire.frame(wire.Status.ERROR, key, wire.error_aux("InternalError", str(error)))
+        status, aux = wire.Status.NOT_FOUND, wire.error_aux(error.code, error.detail)
+    elif isinstance(error, PetrelError):
+        status, aux = wire.Status.ERROR, wire.error_aux(error.code, error.detail)
+    else:
+        log.error("batch get of %s/%s failed: %r", result.item.bucket, key, error)
+        status, aux = wire.Status.ERROR, wire.error_aux("InternalError", str(error))
+    wire.add_frame(pieces, status, key, aux)
 
 
 async def batch_put_objects(call: Call) -> web.StreamResponse:

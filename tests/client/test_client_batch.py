@@ -141,3 +141,35 @@ def test_answer_for_other_keys_is_an_error(tmp_path: Path) -> None:
             client.get_batch(["s3://b/k1", "s3://b/k2"])
         results = client.fetch_batch(["s3://b/k1", "s3://b/k2"])
         assert all(isinstance(result, PetrelError) for result in results)
+
+
+def test_answer_in_chunks_cut_anywhere_is_decoded(tmp_path: Path) -> None:
+    # The gateway cuts its chunks between frames; a proxy may cut them anywhere (here 1,
+    # 7 and 1000 bytes): frames that straddle chunks are put back together.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        keys = [frame.key for frame in wire.decode(await request.read(), wire.Kind.GET_REQUEST)]
+        pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
+        for key in keys:
+            if key == "gone":
+                wire.add_frame(pieces, wire.Status.NOT_FOUND, key,
+                               wire.error_aux("NoSuchKey", "no such key"))
+            else:
+                wire.add_found(pieces, key, 3000, 0, "e", key.encode() * 1000)
+        pieces.append(wire.end_frame(len(keys)))
+        body = b"".join(pieces)
+        response = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        position, step = 0, 1
+        while position < len(body):
+            await response.write(body[position:position + step])
+            position += step
+            step = {1: 7, 7: 1000, 1000: 1}[step]
+        await response.write_eof()
+        return response
+
+    with fake_server(handler) as server:
+        client = Client(write_conf(tmp_path / "c.conf", server.endpoint))
+        keys = ["abc", "gone", "xyz", "abc"]
+        assert client.get_batch([f"s3://b/{k}" for k in keys]) == \
+            [b"abc" * 1000, None, b"xyz" * 1000, b"abc" * 1000]

@@ -11,6 +11,7 @@ from aiohttp import web
 from clientconf import write_conf
 from fakeserver import error_response, fake_server
 
+from petrel import wire
 from petrel.client import Client
 from petrel.errors import (
     AccessDenied,
@@ -135,6 +136,34 @@ def test_body_cut_short_is_retried_then_reported(tmp_path: Path) -> None:
         with pytest.raises(EndpointUnreachable, match="cut short"):
             client.get("s3://b/k")
         assert len(server.requests) == FAST_RETRY.attempts_max
+
+
+def test_batch_answer_cut_short_is_retried(tmp_path: Path) -> None:
+    # A batch get's answer is read in pieces (its HTTP chunks): one cut inside a chunk
+    # is a network failure, retried like any body cut short, never a short batch.
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        keys = [frame.key for frame in wire.decode(await request.read(), wire.Kind.GET_REQUEST)]
+        pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
+        for key in keys:
+            wire.add_found(pieces, key, 2, 0, "e", b"ok")
+        pieces.append(wire.end_frame(len(keys)))
+        body = b"".join(pieces)
+        response = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if n == 1:  # a chunk header announcing more than is sent, then the cut
+            assert request.transport is not None
+            request.transport.write(f"{len(body):x}\r\n".encode() + body[:-5])
+            request.transport.close()
+            return response
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    with fake_server(handler) as server:
+        client = _client(tmp_path, server.endpoint)
+        assert client.get_batch(["s3://b/k1", "s3://b/k2"]) == [b"ok", b"ok"]
+        assert len(server.requests) == 2
 
 
 def test_unreachable_endpoint_is_bounded(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ bit of an encoded stream is refused with MalformedBatch, never decoded as other 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,7 +133,7 @@ def test_items_max_is_enforced_while_decoding() -> None:
 
 
 def test_large_payload_checksum_is_streamed_and_checked() -> None:
-    payload = bytes(range(256)) * 1024  # over the join threshold: hashed in pieces
+    payload = bytes(range(256)) * 1024  # 256 KiB: hashed without joining it to its header
     body = bytearray(wire.encode_put_request([("big", payload, "")]))
     assert bytes(wire.decode(bytes(body), wire.Kind.PUT_REQUEST)[0].data) == payload
     body[wire.STREAM_HEADER_BYTES + wire.FRAME_HEADER_BYTES + 500] ^= 0x01
@@ -144,3 +146,89 @@ def test_ranges_and_keys_are_validated_when_encoding() -> None:
         wire.encode_get_request([("a", (-1, None))])
     with pytest.raises(MalformedBatch):
         wire.encode_get_request([("k" * 70_000, None)])
+
+
+# ----- the gateway's encoder and the client's decoder of batch get answers -------------
+@given(responses)
+def test_add_found_and_add_frame_encode_what_frame_encodes(
+        items: list[tuple[str, bytes | None]]) -> None:
+    pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
+    for number, (key, data) in enumerate(items):
+        if data is None:
+            wire.add_frame(pieces, wire.Status.NOT_FOUND, key,
+                           wire.error_aux("NoSuchKey", f"no {key}"))
+        else:
+            wire.add_found(pieces, key, len(data), 1_700_000_000_000 + number, "ab" * 16, data)
+    pieces.append(wire.end_frame(len(items)))
+    assert b"".join(pieces) == _response(items)
+
+
+def _cut(body: bytes, cuts: list[int]) -> list[bytes]:
+    edges = [0, *sorted(cuts), len(body)]
+    return [body[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(responses, st.data())
+def test_decode_get_response_matches_decode_however_the_stream_is_cut(
+        items: list[tuple[str, bytes | None]], data: st.DataObject) -> None:
+    body = _response(items)
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=8))
+    answers = wire.decode_get_response(_cut(body, cuts), [key for key, _ in items])
+    assert len(answers) == len(items)
+    for answer, frame in zip(answers, wire.decode(body, wire.Kind.GET_RESPONSE), strict=True):
+        if frame.status is wire.Status.OK:
+            assert type(answer) is bytes and answer == bytes(frame.data)
+        else:
+            assert isinstance(answer, wire.Frame)
+            assert (answer.status, answer.key, bytes(answer.aux)) == \
+                (frame.status, frame.key, bytes(frame.aux))
+
+
+@given(responses, st.data())
+def test_decode_get_response_refuses_every_truncation(
+        items: list[tuple[str, bytes | None]], data: st.DataObject) -> None:
+    body = _response(items)
+    cut = data.draw(st.integers(0, len(body) - 1))
+    cuts = data.draw(st.lists(st.integers(0, cut), max_size=4))
+    with pytest.raises(MalformedBatch):
+        wire.decode_get_response(_cut(body[:cut], cuts), [key for key, _ in items])
+
+
+@settings(max_examples=300)
+@given(responses, st.data())
+def test_decode_get_response_refuses_every_flipped_bit(
+        items: list[tuple[str, bytes | None]], data: st.DataObject) -> None:
+    body = bytearray(_response(items))
+    bit = data.draw(st.integers(0, len(body) * 8 - 1))
+    body[bit // 8] ^= 1 << (bit % 8)
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=4))
+    with pytest.raises(MalformedBatch):
+        wire.decode_get_response(_cut(bytes(body), cuts), [key for key, _ in items])
+
+
+def test_decode_get_response_checks_the_keys_asked_and_what_follows_the_end() -> None:
+    body = _response([("a", b"1"), ("b", None)])
+    assert wire.decode_get_response([body], ["a", "b"])[0] == b"1"
+    with pytest.raises(MalformedBatch, match="answered 'b' in the place of 'c'"):
+        wire.decode_get_response([body], ["a", "c"])
+    with pytest.raises(MalformedBatch, match="in the place of nothing"):
+        wire.decode_get_response([body], ["a"])
+    with pytest.raises(MalformedBatch, match="2 items for 3"):
+        wire.decode_get_response([body], ["a", "b", "c"])
+    with pytest.raises(MalformedBatch, match="after the END"):
+        wire.decode_get_response([body + b"x"], ["a", "b"])
+    with pytest.raises(MalformedBatch, match="after the END"):
+        wire.decode_get_response([body, b"", b"x"], ["a", "b"])
+    with pytest.raises(MalformedBatch, match="kind"):
+        wire.decode_get_response([wire.encode_get_request([("a", None)])], ["a"])
+    with pytest.raises(MalformedBatch, match="truncated"):
+        wire.decode_get_response([], [])
+
+
+def test_decode_get_response_joins_a_frame_once_however_small_its_pieces() -> None:
+    # 8 MiB in 1 KiB pieces: joining the pending bytes to each piece as it arrives
+    # would copy 32 GiB; a frame is joined once it is whole.
+    payload = bytes(range(256)) * (32 * 1024)
+    body = _response([("big", payload), ("small", b"s")])
+    pieces = [body[i:i + 1024] for i in range(0, len(body), 1024)]
+    assert wire.decode_get_response(pieces, ["big", "small"]) == [payload, b"s"]

@@ -98,6 +98,25 @@ def test_large_objects_travel_in_batches(gateway: Gateway, bucket: str) -> None:
     assert [bytes(f.data) for f in got] == [b"s", big, big[199_990:]]
 
 
+def test_a_short_answer_goes_whole_and_a_long_one_is_streamed(gateway: Gateway,
+                                                              bucket: str) -> None:
+    # An answer whose frames fit RESPONSE_BUFFER_BYTES (16 MiB) once a window of keys
+    # (WINDOW_ITEMS, 64) is read is one body with a length; a longer one is streamed in
+    # chunks, window by window.
+    chunk = os.urandom(300 * 1024)
+    keys = [f"big-{i:02d}" for i in range(70)]
+    for start in range(0, len(keys), 35):
+        batch_put(gateway, bucket, [(k, k.encode() + chunk, "") for k in keys[start:start + 35]])
+    short = post(gateway, bucket, "batch-get", wire.encode_get_request([(keys[0], None)]))
+    assert short.headers["content-length"] == str(len(short.body))
+    assert "transfer-encoding" not in short.headers
+    body = wire.encode_get_request([(k, None) for k in keys])
+    long = post(gateway, bucket, "batch-get", body)
+    assert long.status == 200 and long.headers.get("transfer-encoding") == "chunked"
+    got = wire.decode(long.body, wire.Kind.GET_RESPONSE)
+    assert [bytes(f.data) for f in got] == [k.encode() + chunk for k in keys]
+
+
 def test_per_item_errors_do_not_fail_the_batch(gateway: Gateway, bucket: str) -> None:
     put = batch_put(gateway, bucket, [("ok-1", b"1", ""), ("k" * 1025, b"2", ""),
                                       ("ok-2", b"3", "")])
