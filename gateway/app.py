@@ -27,6 +27,7 @@ from petrel.errors import (
     PetrelError,
     SlowDown,
 )
+from petrel.index import RocksKV
 from petrel.settings import StoreConfig
 from petrel.store import Store
 from petrel_gateway import admin
@@ -87,6 +88,8 @@ def build_app(settings: GatewaySettings, store_config: StoreConfig) -> web.Appli
         metrics = app[METRICS] = Metrics(store.stats)
         app[QOS].on_throttle = metrics.throttle
         metrics.watch_qos(lambda: app[QOS].config)
+        if isinstance(store.kv, RocksKV):
+            metrics.watch_index_memory(store.kv.memory_bytes)
         metrics.watch_runtime(
             lambda: app[INFLIGHT].count, store_config.data_dir,
             lambda: (store.committer.upload_backlog_bytes(),

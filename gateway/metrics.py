@@ -128,6 +128,23 @@ class _QosCollector(Collector):
         yield family
 
 
+class _IndexMemoryCollector(Collector):
+    """RocksDB's memory by part (petrel.index.RocksKV.memory_bytes), read when scraped:
+    what of the gateway's resident memory is the index's bounded caches."""
+
+    def __init__(self, parts: Callable[[], dict[str, int]]) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("petrel_index_memory_bytes",
+                                   "Memory RocksDB holds for the index: memtables (writes "
+                                   "not yet flushed), block_cache, table_readers.",
+                                   labels=["part"])
+        for part, value in sorted(self._parts().items()):
+            family.add_metric([part], value)
+        yield family
+
+
 class _FastLaneCollector(Collector):
     """The fast lane's own counts (gateway/fastlane.py), read when scraped."""
 
@@ -197,6 +214,9 @@ class Metrics:
                       read_cache: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_RuntimeCollector(inflight, data_dir, backlog, corruptions,
                                                  read_cache))
+
+    def watch_index_memory(self, parts: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_IndexMemoryCollector(parts))
 
     def watch_fast_lane(self, counts: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_FastLaneCollector(counts))

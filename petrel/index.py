@@ -64,6 +64,11 @@ class IndexUnavailable(RuntimeError):
     locked database). The store refuses to start rather than start empty."""
 
 
+_MEMORY_PROPERTIES = (("memtables", "rocksdb.cur-size-all-mem-tables"),
+                      ("block_cache", "rocksdb.block-cache-usage"),
+                      ("table_readers", "rocksdb.estimate-table-readers-mem"))
+
+
 class RocksKV:
     """OrderedKV over RocksDB (rocksdict, raw bytes mode)."""
 
@@ -108,6 +113,13 @@ class RocksKV:
         # Writers are serialised so compare-and-set is atomic against other writers.
         self._write_lock = threading.Lock()
         self._closed = False
+
+    def memory_bytes(self) -> dict[str, int]:
+        """What RocksDB holds in memory, by part: memtables (index writes not yet
+        flushed to SST files; RocksDB's default bound is two of 64 MiB), the block cache
+        (bounded by `cache_bytes`), and SST table readers outside the cache."""
+        return {part: int(self._db.property_int_value(name) or 0)
+                for part, name in _MEMORY_PROPERTIES}
 
     def get(self, key: bytes) -> bytes | None:
         value: bytes | None = self._db.get(key)
