@@ -79,6 +79,7 @@ class SoakSegment:
     result: WrkResult
     objects: int | None  # petrel_objects from /metrics after the segment
     memory: Memory  # the gateway's, after the segment
+    index_memory_bytes: int | None = None  # RocksDB's memtables + caches, after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +342,8 @@ def soak(bench: Bench) -> Soak:
                 result = run_wrk(server.endpoint, spec)
                 os.unlink(put_file)
                 segment = SoakSegment(len(segments), result, servers.petrel_objects(server),
-                                      servers.memory(server.pid))
+                                      servers.memory(server.pid),
+                                      servers.petrel_index_memory(server))
                 segments.append(segment)
                 log(f"soak {len(segments)}: {result.ops_per_s:,.0f}/s p99 "
                     f"{result.latency_ms_p99:.2f} ms errors {result.errors} RSS "

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.s3 import Measurement, Run, Soak
+    from bench.s3 import Measurement, Run, Soak, SoakSegment
 
 MiB = 1024 * 1024
 TARGET = 3.0  # the issue's goal: petrel >= 3x SeaweedFS for GET and for PUT
@@ -159,7 +159,32 @@ def verdicts(run: Run) -> list[str]:
                     f"{RSS_FLAT_GROWTH_MAX:.0%} growth over the second half): "
                     f"{m['mid_mib']:.1f} -> {m['end_mib']:.1f} MiB "
                     f"({m['second_half_growth']:+.1%}), {'met' if flat else 'NOT met'}")
+        lines += _net_of_index(run)
     return lines
+
+
+def _net_of_index(run: Run) -> list[str]:
+    """RssAnon minus what RocksDB reports holding for the index (memtables fill up to
+    RocksDB's bound as the soak writes new keys, then flush; the block cache fills up to
+    index_cache_bytes): flat means the gateway's own memory is flat."""
+    assert run.soak is not None
+    segments = run.soak.segments
+    if len(segments) < 2 or any(s.index_memory_bytes is None for s in segments):
+        return []
+
+    def net(segment: SoakSegment) -> float:
+        return (segment.memory.anon_bytes - (segment.index_memory_bytes or 0)) / MiB
+
+    mid = segments[(len(segments) - 1) // 2]
+    end = segments[-1]
+    growth = (net(end) - net(mid)) / net(mid) if net(mid) else 0.0
+    index_mid = (mid.index_memory_bytes or 0) / MiB
+    index_end = (end.index_memory_bytes or 0) / MiB
+    flat = growth <= RSS_FLAT_GROWTH_MAX
+    return [f"- gateway RssAnon net of the index's RocksDB memory (memtables and caches: "
+            f"{index_mid:.1f} -> {index_end:.1f} MiB) flat over the second half (rule: at "
+            f"most {RSS_FLAT_GROWTH_MAX:.0%} growth): {net(mid):.1f} -> {net(end):.1f} MiB "
+            f"({growth:+.1%}), {'met' if flat else 'NOT met'}"]
 
 
 def generator_check(run: Run) -> list[str]:

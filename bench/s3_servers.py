@@ -101,17 +101,31 @@ def rss_bytes(pid: int) -> int:
     return memory(pid).rss_bytes
 
 
-def petrel_objects(server: Server) -> int | None:
-    """`petrel_objects` from the gateway's /metrics (None if unavailable)."""
+def _metrics_text(server: Server) -> str | None:
     try:
         with urllib.request.urlopen(server.endpoint + "/metrics", timeout=5) as response:
-            text = response.read().decode("utf-8", "replace")
+            return str(response.read().decode("utf-8", "replace"))
     except (OSError, urllib.error.URLError):
         return None
-    for line in text.splitlines():
+
+
+def petrel_objects(server: Server) -> int | None:
+    """`petrel_objects` from the gateway's /metrics (None if unavailable)."""
+    text = _metrics_text(server)
+    for line in (text or "").splitlines():
         if line.startswith("petrel_objects "):
             return int(float(line.split()[1]))
     return None
+
+
+def petrel_index_memory(server: Server) -> int | None:
+    """Bytes RocksDB holds for the index (memtables, block cache, table readers: the sum
+    of `petrel_index_memory_bytes`), None if unavailable. Bounded caches: resident
+    memory that grows with them is the caches filling, not a leak."""
+    text = _metrics_text(server)
+    values = [float(line.split()[1]) for line in (text or "").splitlines()
+              if line.startswith("petrel_index_memory_bytes{")]
+    return int(sum(values)) if values else None
 
 
 def _spawn(command: list[str], log_path: str, env: dict[str, str] | None = None,
