@@ -60,6 +60,9 @@ class RequestIds:
     prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:8].upper())
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):08X}"
+
 
 METRICS = web.AppKey("petrel.metrics", Metrics)
 INFLIGHT = web.AppKey("petrel.inflight", Inflight)
@@ -119,8 +122,7 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
     a coroutine per request): a request id, the in-flight bound (503 SlowDown beyond
     it, or while draining), S3 error rendering (gateway/errors.py), and metrics."""
     app = request.app
-    ids = app[REQUEST_IDS]
-    request[REQUEST_ID] = f"{ids.prefix}{next(ids.counter):08X}"
+    request[REQUEST_ID] = app[REQUEST_IDS].next()
     inflight = app[INFLIGHT]
     if inflight.draining or inflight.count >= app[SETTINGS].inflight_requests_max:
         if METRICS in app:

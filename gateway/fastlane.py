@@ -250,9 +250,8 @@ class FastLane:
         if request is not None:
             target = target_of(request.headers["host"], request.path,
                                self.app[SETTINGS].virtual_host_domains)
-            ids = self.app[REQUEST_IDS]
             self._fail(connection, request, RequestTimeout(), target.bucket or "",
-                       target.key or "", f"{ids.prefix}{next(ids.counter):08X}",
+                       target.key or "", self.app[REQUEST_IDS].next(),
                        _OPERATIONS[request.method], time.perf_counter())
         connection.close()
 
@@ -289,8 +288,7 @@ class FastLane:
         if located is not None and located.entry.flags & FLAG_LARGE:
             return _HAND_OVER  # streamed from the backend
         started = time.perf_counter()
-        ids = app[REQUEST_IDS]
-        request_id = f"{ids.prefix}{next(ids.counter):08X}"
+        request_id = app[REQUEST_IDS].next()
         operation = _OPERATIONS[request.method]
         try:
             identity = identify(app[VERIFIER], settings, request.method, request.path,
@@ -332,8 +330,7 @@ class FastLane:
         app = self.app
         store = app[STORE]
         started = time.perf_counter()
-        ids = app[REQUEST_IDS]
-        request_id = f"{ids.prefix}{next(ids.counter):08X}"
+        request_id = app[REQUEST_IDS].next()
         headers = CIMultiDict(request.headers)
         try:
             identity = identify(app[VERIFIER], app[SETTINGS], "PUT", request.path,
