@@ -5,8 +5,8 @@ streams (petrel/wire.py, docs/wire.md).
 A batch get answers 200 with one frame per requested key, in request order, read in
 windows of keys; a key that is missing or fails (a range past the end, a corrupt record)
 gets its own NOT_FOUND or ERROR frame and the stream goes on. An answer that fits
-RESPONSE_BUFFER_BYTES is sent whole once read, in one write with a Content-Length; a
-longer one is streamed (chunked). A failure of the whole request before the first byte
+RESPONSE_BUFFER_BYTES is sent whole once read, with a Content-Length, its frames handed
+to the socket unjoined (one writev); a longer one is streamed (chunked). A failure of the whole request before the first byte
 is sent is an ordinary S3 error; after it (the store closing under a streamed answer) it
 cuts the connection before the END frame, so the client sees a truncated stream, never
 a short batch.
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from petrel import wire
 from petrel.errors import MalformedBatch, NoSuchKey, PetrelError, TooManyItems
@@ -34,11 +35,11 @@ log = logging.getLogger("petrel.gateway")
 # objects is 64 MiB) while keeping neighbouring reads mergeable.
 WINDOW_ITEMS = 64
 # Payload bytes gathered before a batch get answer starts. An answer that fits (1000
-# objects of 16 KiB) goes out whole, headers included, in one write with a
+# objects of 16 KiB) goes out whole, headers included, in one writev with a
 # Content-Length: a write per window costs a system call and a wake-up of the reader
 # each, and a client reads a body with a length into one buffer, where a chunked one
-# arrives in pieces. A longer answer is streamed in writes of about this size. Held per
-# request: at most this plus one window, and its joined copy while it is written.
+# arrives in pieces. A longer answer is streamed in joined writes of about this size.
+# Held per request: at most this plus one window (plus one joined copy when streamed).
 RESPONSE_BUFFER_BYTES = 16 * 1024 * 1024
 
 
@@ -86,8 +87,11 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
         pieces.append(wire.end_frame(len(items)))
         if response is None:
             # Nothing sent yet: a failure above was still an ordinary S3 error answer.
-            return web.Response(status=200, body=b"".join(pieces),
-                                headers={"Content-Type": wire.CONTENT_TYPE})
+            body = _Pieces(pieces)
+            # Declared here, not left to aiohttp: the metrics count a response's
+            # Content-Length before it is sent.
+            return web.Response(status=200, body=body,
+                                headers={"Content-Length": str(body.size)})
         await response.write_eof(b"".join(pieces))
     except (ConnectionError, PetrelError) as exc:
         if response is None:
@@ -98,6 +102,43 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
         if call.request.transport is not None:
             call.request.transport.close()
     return response
+
+
+class _Pieces(payload.Payload):
+    """A response body held as the pieces of a batch stream (frame headers and the
+    payloads read), written with one writev-style `writelines` instead of joined: a join
+    copies the whole answer once more into freshly mapped pages, and aiohttp joins the
+    headers with a body again before it writes (on this Python it never uses
+    writelines), which costs as much as reading the objects did."""
+
+    _autoclose = True  # memory only
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        super().__init__(pieces, content_type=wire.CONTENT_TYPE)
+        self._size = sum(len(piece) for piece in pieces)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        pieces: list[bytes | memoryview] = self._value
+        # The first write sends the response headers aiohttp holds back, joined with
+        # the (small) stream header; the rest go straight to the transport in order.
+        await writer.write(pieces[0])
+        transport = getattr(writer, "transport", None)
+        if transport is None:  # not aiohttp's StreamWriter: no transport to write to
+            for piece in pieces[1:]:
+                await writer.write(piece)
+            return
+        if transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.writelines(pieces[1:])
+        await writer.drain()
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        assert content_length is None or content_length == self._size
+        await self.write(writer)
 
 
 def _get_items(frames: list[wire.Frame], bucket: str) -> list[GetItem]:

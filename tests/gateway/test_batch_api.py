@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import urllib.request
 
 import pytest
 from conftest import Gateway
@@ -115,6 +116,28 @@ def test_a_short_answer_goes_whole_and_a_long_one_is_streamed(gateway: Gateway,
     assert long.status == 200 and long.headers.get("transfer-encoding") == "chunked"
     got = wire.decode(long.body, wire.Kind.GET_RESPONSE)
     assert [bytes(f.data) for f in got] == [k.encode() + chunk for k in keys]
+
+
+def _bytes_sent(gateway: Gateway) -> float:
+    with urllib.request.urlopen(f"{gateway.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("petrel_bytes_sent_total"))
+
+
+def test_a_whole_answer_is_sent_as_declared_and_counted(gateway: Gateway, bucket: str) -> None:
+    # A whole answer goes out as its pieces (frame headers and payloads, unjoined):
+    # its Content-Length must match what arrives, and the metrics count it.
+    objects = {f"w-{i:03d}": os.urandom(1000 + 37 * i) for i in range(200)}
+    batch_put(gateway, bucket, [(k, v, "") for k, v in objects.items()])
+    before = _bytes_sent(gateway)
+    response = post(gateway, bucket, "batch-get",
+                    wire.encode_get_request([(k, None) for k in objects]))
+    assert response.status == 200
+    assert response.headers["content-length"] == str(len(response.body))
+    got = wire.decode(response.body, wire.Kind.GET_RESPONSE)
+    assert {f.key: bytes(f.data) for f in got} == objects
+    assert _bytes_sent(gateway) - before >= len(response.body)
 
 
 def test_per_item_errors_do_not_fail_the_batch(gateway: Gateway, bucket: str) -> None:
