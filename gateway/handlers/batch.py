@@ -7,9 +7,9 @@ windows of keys; a key that is missing or fails (a range past the end, a corrupt
 gets its own NOT_FOUND or ERROR frame and the stream goes on. An answer that fits
 RESPONSE_BUFFER_BYTES is sent whole once read, with a Content-Length, its frames handed
 to the socket unjoined (one writev); a longer one is streamed (chunked). A failure of
-the whole request before the first byte is sent is an ordinary S3 error; after it (the store closing under a streamed answer) it
-cuts the connection before the END frame, so the client sees a truncated stream, never
-a short batch.
+the whole request before the first byte is sent is an ordinary S3 error; after it (the
+store closing under a streamed answer) it cuts the connection before the END frame, so
+the client sees a truncated stream, never a short batch.
 
 A batch put decodes and checks the whole body first (every frame's checksum), then
 appends every object as one group with one durable commit.
