@@ -87,11 +87,11 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
         pieces.append(wire.end_frame(len(items)))
         if response is None:
             # Nothing sent yet: a failure above was still an ordinary S3 error answer.
-            body = _Pieces(pieces)
+            answer = _Pieces(pieces)
             # Declared here, not left to aiohttp: the metrics count a response's
             # Content-Length before it is sent.
-            return web.Response(status=200, body=body,
-                                headers={"Content-Length": str(body.size)})
+            return web.Response(status=200, body=answer,
+                                headers={"Content-Length": str(answer.size)})
         await response.write_eof(b"".join(pieces))
     except (ConnectionError, PetrelError) as exc:
         if response is None:
