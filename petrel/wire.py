@@ -222,6 +222,58 @@ def decode(buffer: bytes | bytearray | memoryview, kind: Kind,
         frames.append(item)
 
 
+def decode_get_request(buffer: bytes, items_max: int | None = None
+                       ) -> list[tuple[str, tuple[int, int | None] | None]]:
+    """A whole GET_REQUEST stream as (key, byte range or None) items: what `decode`
+    followed by `frame_range` gives, checked the same way (header, every frame's
+    checksum, known statuses, ranges, the END frame's count, nothing after END), in one
+    pass that builds no Frame: the gateway's side of every batch get, once per key.
+    Raises MalformedBatch."""
+    view = memoryview(buffer)
+    check_stream_header(view, Kind.GET_REQUEST)
+    size = len(buffer)
+    unpack = _HEADER.unpack_from
+    items: list[tuple[str, tuple[int, int | None] | None]] = []
+    append = items.append
+    position = STREAM_HEADER_BYTES
+    while True:
+        if size - position < FRAME_HEADER_BYTES:
+            raise MalformedBatch(f"batch stream truncated after {len(items)} items")
+        checksum, status, flags, key_len, aux_len, data_len = unpack(buffer, position)
+        key_at = position + FRAME_HEADER_BYTES
+        aux_at = key_at + key_len
+        data_at = aux_at + aux_len
+        end = data_at + data_len
+        if end > size:
+            raise MalformedBatch(f"batch stream truncated after {len(items)} items")
+        if _xxh3(view[position + 8 : end]) != checksum:
+            raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+        if status not in _STATUS_OF:
+            raise MalformedBatch(f"unknown frame status {status}")
+        try:
+            key = buffer[key_at:aux_at].decode()
+        except UnicodeDecodeError:
+            raise MalformedBatch("batch item key is not valid UTF-8") from None
+        if status == Status.END:
+            _check_end(Frame(Status.END, flags, key, view[aux_at:data_at], view[data_at:end]),
+                       len(items))
+            if end != size:
+                raise MalformedBatch(f"{size - end} bytes after the END frame")
+            return items
+        if items_max is not None and len(items) >= items_max:
+            raise MalformedBatch(f"more than {items_max} items in one batch")
+        if not flags & FLAG_RANGE:
+            if aux_len:
+                raise MalformedBatch(f"unexpected aux bytes on {key!r}")
+            append((key, None))
+        else:
+            if aux_len != _RANGE.size:
+                raise MalformedBatch(f"byte range of {key!r} is not 16 bytes")
+            start, length = _RANGE.unpack_from(buffer, aux_at)
+            append((key, (start, None if length == TO_END else length)))
+        position = end
+
+
 def decode_get_response(pieces: Iterable[bytes | bytearray | memoryview],
                         keys: Sequence[str]) -> list[bytes | Frame]:
     """The answer to a batch get of `keys`, as it arrived in `pieces` (a whole

@@ -68,7 +68,7 @@ def _stream_response() -> web.StreamResponse:
 
 async def batch_get_objects(call: Call) -> web.StreamResponse:
     body = await call.read_body(_request_bytes_max(call, with_data=False))
-    items = _get_items(_decode(body, wire.Kind.GET_REQUEST, call), call.bucket)
+    items = _get_items(body, call)
     call.store.head_bucket(call.bucket)  # a missing bucket fails the whole request
     # Frames not sent yet, joined once per write: each payload is copied once here.
     pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
@@ -141,13 +141,15 @@ class _Pieces(payload.Payload):
         await self.write(writer)
 
 
-def _get_items(frames: list[wire.Frame], bucket: str) -> list[GetItem]:
-    items: list[GetItem] = []
-    for item in frames:
-        byte_range = wire.frame_range(item)
-        items.append(GetItem(bucket, item.key, None if byte_range is None
-                             else ByteRange(byte_range[0], byte_range[1])))
-    return items
+def _get_items(body: bytes, call: Call) -> list[GetItem]:
+    items_max = call.store.limits.batch_items_max
+    wanted = wire.decode_get_request(body, items_max=items_max + 1)
+    if len(wanted) > items_max:
+        raise TooManyItems(f"at most {items_max} items per batch")
+    bucket = call.bucket
+    return [GetItem(bucket, key, None) if byte_range is None
+            else GetItem(bucket, key, ByteRange(byte_range[0], byte_range[1]))
+            for key, byte_range in wanted]
 
 
 def _encode_window(pieces: list[bytes | memoryview], results: list[GetResult]) -> int:

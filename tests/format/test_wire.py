@@ -41,6 +41,66 @@ def test_get_request_round_trip(items: list[tuple[str, tuple[int, int | None] | 
     assert [(f.key, wire.frame_range(f)) for f in frames] == items
 
 
+def _decoded_slowly(body: bytes, items_max: int | None = None
+                    ) -> list[tuple[str, tuple[int, int | None] | None]]:
+    return [(f.key, wire.frame_range(f))
+            for f in wire.decode(body, wire.Kind.GET_REQUEST, items_max=items_max)]
+
+
+def _outcome(decoder, body: bytes, items_max: int | None = None):  # type: ignore[no-untyped-def]
+    try:
+        return decoder(body, items_max)
+    except MalformedBatch:
+        return MalformedBatch
+
+
+@given(get_items)
+def test_decode_get_request_is_decode_with_frame_range(
+        items: list[tuple[str, tuple[int, int | None] | None]]) -> None:
+    body = wire.encode_get_request(items)
+    assert wire.decode_get_request(body) == items
+    assert _outcome(wire.decode_get_request, body, 3) == _outcome(_decoded_slowly, body, 3)
+
+
+@settings(max_examples=300)
+@given(get_items.filter(bool), st.data())
+def test_decode_get_request_refuses_what_decode_refuses(
+        items: list[tuple[str, tuple[int, int | None] | None]], data: st.DataObject) -> None:
+    # Cut anywhere, one bit flipped anywhere, or bytes appended: the one-pass decoder
+    # fails exactly where decode + frame_range fail, and agrees where they succeed.
+    body = wire.encode_get_request(items)
+    cut = body[:data.draw(st.integers(0, len(body) - 1))]
+    flipped = bytearray(body)
+    bit = data.draw(st.integers(0, len(body) * 8 - 1))
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    for damaged in (cut, bytes(flipped), body + data.draw(st.binary(min_size=1, max_size=30))):
+        assert _outcome(wire.decode_get_request, damaged) is MalformedBatch
+        assert _outcome(_decoded_slowly, damaged) is MalformedBatch
+
+
+@given(st.binary(max_size=200))
+def test_decode_get_request_agrees_on_arbitrary_bytes(body: bytes) -> None:
+    assert _outcome(wire.decode_get_request, body) == _outcome(_decoded_slowly, body)
+
+
+def test_decode_get_request_refuses_bad_ranges_and_statuses() -> None:
+    # Frames that checksum correctly but say something a request cannot.
+    def request(*frames: tuple[int, str, bytes, int]) -> bytes:
+        pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_REQUEST)]
+        for status, key, aux, flags in frames:
+            pieces += wire.frame(status, key, aux, flags=flags)  # type: ignore[arg-type]
+        pieces.append(wire.end_frame(len(frames)))
+        return b"".join(pieces)
+
+    for body, message in ((request((0, "a", b"xx", 0)), "unexpected aux"),
+                          (request((0, "a", b"short", wire.FLAG_RANGE)), "not 16 bytes")):
+        with pytest.raises(MalformedBatch, match=message):
+            wire.decode_get_request(body)
+        assert _outcome(_decoded_slowly, body) is MalformedBatch
+    with pytest.raises(MalformedBatch, match="more than 1"):
+        wire.decode_get_request(request((0, "a", b"", 0), (0, "b", b"", 0)), items_max=1)
+
+
 @given(put_items)
 def test_put_request_round_trip(items: list[tuple[str, bytes, str]]) -> None:
     frames = wire.decode(wire.encode_put_request(items), wire.Kind.PUT_REQUEST)
