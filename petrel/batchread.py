@@ -190,7 +190,7 @@ async def _read_each(store: Store, requested: list[GetItem],
 
 
 def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
-                run: Run, data: bytes | mmap.mmap, base: int) -> None:
+                run: Run, data: bytes | bytearray | mmap.mmap, base: int) -> None:
     """Verify and slice the run's records; `base` is where the run starts in `data`."""
     check = store._check_payload
     shift = base - run.start

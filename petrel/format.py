@@ -248,8 +248,8 @@ def decode_record(buf: bytes | memoryview, offset: int = 0, *, payload: bool = T
 _RECORD_PREFIX = struct.Struct("<HBBHHI")
 
 
-def verified_payload(buf: bytes | mmap.mmap, offset: int, location: Location, key: bytes
-                     ) -> bytes:
+def verified_payload(buf: bytes | bytearray | mmap.mmap, offset: int, location: Location,
+                     key: bytes) -> bytes:
     """The payload of the record at `offset` in `buf`, which the index says is
     `location` and holds `key`: one header unpack, one hash, one copy (the read path).
 
@@ -274,6 +274,8 @@ def verified_payload(buf: bytes | mmap.mmap, offset: int, location: Location, ke
     key_start = offset + RECORD_HEADER_BYTES
     if key_len != len(key) or buf[key_start : key_start + key_len] != key:
         raise CorruptRecord(f"record at {offset} holds another key")
+    if isinstance(buf, bytearray):  # a read buffer: one copy out, as bytes
+        return bytes(memoryview(buf)[key_start + key_len + meta_len : end - 8])
     return buf[key_start + key_len + meta_len : end - 8]
 
 

@@ -182,10 +182,12 @@ class SealedFiles:
             self._files.popitem(last=False)[1].close()
         return handle
 
-    def read_cached(self, segment_id: int, offset: int, length: int) -> bytes | None:
+    def read_cached(self, segment_id: int, offset: int, length: int) -> bytearray | None:
         """The bytes if the page cache holds them all; None if reading would block, or
         the filesystem does not support non-blocking reads (read in a worker thread
-        then). Raises FileNotFoundError if the segment file is gone."""
+        then). Raises FileNotFoundError if the segment file is gone. The buffer read
+        into is returned as it is, not copied into bytes: the caller copies the payload
+        out of it once, verified (format.verified_payload)."""
         if self._nowait is None:
             return None
         handle = self._file(segment_id)
@@ -201,7 +203,7 @@ class SealedFiles:
                      "them in worker threads", os.strerror(exc.errno or 0))
             self._nowait = None
             return None
-        return bytes(buffer) if count == length else None
+        return buffer if count == length else None
 
     def forget(self, segment_id: int) -> None:
         handle = self._files.pop(segment_id, None)

@@ -649,7 +649,8 @@ class Store:
                                   resource=full_key.decode(errors="replace")) from exc
         return self._check_payload(data, 0, location, full_key)
 
-    def _read_local(self, location: fmt.Location) -> tuple[bytes | mmap.mmap, int] | None:
+    def _read_local(self, location: fmt.Location
+                    ) -> tuple[bytes | bytearray | mmap.mmap, int] | None:
         """(buffer, offset of `location` in it) when the bytes can be read without
         waiting on the event loop: a pread of a local unsealed segment (just written,
         in the page cache), or a non-blocking read of a sealed local one. None when
@@ -672,8 +673,8 @@ class Store:
         if self._sealed is not None:
             self._sealed.forget(segment_id)
 
-    def _check_payload(self, data: bytes | mmap.mmap, offset: int, location: fmt.Location,
-                       full_key: bytes) -> bytes:
+    def _check_payload(self, data: bytes | bytearray | mmap.mmap, offset: int,
+                       location: fmt.Location, full_key: bytes) -> bytes:
         try:
             return fmt.verified_payload(data, offset, location, full_key)
         except CorruptionError as exc:
