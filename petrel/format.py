@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -279,7 +279,14 @@ def verified_payload(buf: bytes | bytearray | mmap.mmap, offset: int, location: 
     return buf[key_start + key_len + meta_len : end - 8]
 
 
-def find_next_record(buf: bytes | memoryview, offset: int) -> int | None:
+# The resync search copies what it searches a window at a time (memoryview has no
+# find): copying a whole segment would double a scan's memory, and touch every page of
+# a mapped one at once.
+_SEARCH_WINDOW_BYTES = 1 << 20
+
+
+def find_next_record(buf: bytes | memoryview, offset: int,
+                     searched: Callable[[int], None] | None = None) -> int | None:
     """The offset of the first valid record (sync bytes, header checksum and full
     checksum all check out) strictly after `offset`, or None.
 
@@ -288,19 +295,31 @@ def find_next_record(buf: bytes | memoryview, offset: int) -> int | None:
     must not be cut off). A candidate whose header checks out but whose body does not is
     passed over byte by byte, not stepped over by its length: the search runs through
     bytes whose framing is lost, where a length could be one a payload planted.
+
+    `searched`, when given, is called with increasing offsets as the search finishes
+    with the bytes before them, so that a caller scanning a file mapping can drop those
+    pages (segments.scan_file). At most `_SEARCH_WINDOW_BYTES` are copied at a time.
     """
-    data = bytes(buf) if isinstance(buf, memoryview) else buf
-    position = offset + 1
-    while True:
-        position = data.find(_RECORD_SYNC, position)
-        if position < 0:
-            return None
-        try:
-            decode_record(data, position)
-        except CorruptRecord:
-            position += 1
-            continue
-        return position
+    view = memoryview(buf)
+    size = len(view)
+    window_start = offset + 1
+    while window_start < size:
+        window_end = min(window_start + _SEARCH_WINDOW_BYTES, size)
+        # The window runs into the next by len(sync) - 1 bytes so that sync bytes split
+        # by the boundary are found; a match starting past window_end is the next one's.
+        window = bytes(view[window_start : window_end + len(_RECORD_SYNC) - 1])
+        at = window.find(_RECORD_SYNC)
+        while 0 <= at < window_end - window_start:
+            try:
+                decode_record(view, window_start + at, payload=False)
+            except CorruptRecord:
+                at = window.find(_RECORD_SYNC, at + 1)
+                continue
+            return window_start + at
+        window_start = window_end
+        if searched is not None:
+            searched(window_start)
+    return None
 
 
 # ----- metadata -------------------------------------------------------------------------

@@ -228,7 +228,8 @@ class ScanResult:
 
 
 def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
-                 result: ScanResult | None = None, *, payloads: bool = False) -> ScanResult:
+                 result: ScanResult | None = None, *, payloads: bool = False,
+                 consumed: Callable[[int], None] | None = None) -> ScanResult:
     """Decode records in buf[start:end], telling a torn tail from corruption:
 
     - a record whose header checks out but whose bytes end early is a torn tail:
@@ -239,6 +240,10 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
     - a header that does not check out loses the framing: the next valid record is
       searched for. None is a torn tail; one found is corruption, the bytes up to it
       are skipped and reported, the rest is kept.
+
+    `consumed`, when given, is called with increasing offsets as the scan finishes with
+    the bytes before them: it never reads them again, and the records it returns are
+    copies, not views of `buf`. `scan_file` drops the pages of its mapping behind it.
     """
     # Payloads are verified but not kept unless asked for: replaying a 1 GiB tail must
     # not hold 1 GiB of copies.
@@ -253,7 +258,7 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
             # capture, MemoryHandler) would keep its traceback, whose frames hold views
             # of `buf`, and closing the caller's mmap would then raise BufferError.
             reason = str(exc)
-            following = _resume_at(view, position, exc)
+            following = _resume_at(view, position, exc, consumed)
             if following is None:
                 if not isinstance(exc, fmt.TruncatedRecord):
                     log.warning("segment tail cut at %d: %s", position, reason)
@@ -265,11 +270,14 @@ def scan_records(buf: bytes | memoryview | mmap.mmap, start: int, end: int,
         result.records.append((position, record))
         position += record.length
         result.valid_end = position
+        if consumed is not None:
+            consumed(position)
     view.release()
     return result
 
 
-def _resume_at(view: memoryview, position: int, exc: fmt.CorruptRecord) -> int | None:
+def _resume_at(view: memoryview, position: int, exc: fmt.CorruptRecord,
+               consumed: Callable[[int], None] | None) -> int | None:
     """Where scanning goes on after the bad record at `position`; None: a torn tail."""
     if isinstance(exc, fmt.TruncatedRecord):
         # Its header checked out, or the bytes end inside it (too few left to hold any
@@ -278,13 +286,54 @@ def _resume_at(view: memoryview, position: int, exc: fmt.CorruptRecord) -> int |
         return None
     if isinstance(exc, fmt.CorruptRecordBody):
         return position + exc.length  # the header checked out: the framing holds
-    return fmt.find_next_record(view, position)  # the framing is lost: resync
+    return fmt.find_next_record(view, position, consumed)  # the framing is lost: resync
+
+
+# How much of a segment a scan leaves mapped before dropping it: without this, sealing
+# a 256 MiB segment held every page it had read in the process (as RssFile) until the
+# scan ended. Resident bytes stay within this plus the record being decoded (at most a
+# few KiB over `pack_threshold_bytes`) plus a resync search window. Not a `Limits`
+# field: it bounds no input, and only trades madvise calls (one per step) for RSS.
+_SCAN_DROP_STEP_BYTES = 8 * 1024 * 1024
+
+
+class _DropBehind:
+    """`scan_records`' `consumed` hook for a read-only file mapping: every
+    `_SCAN_DROP_STEP_BYTES`, unmaps the pages the scan has finished with.
+
+    MADV_DONTNEED on a file mapping only removes its page-table entries: the page cache
+    keeps the data (the upload after a seal still reads it from memory), and a page
+    touched again is mapped again from the up-to-date file (madvise(2): "repopulating
+    the memory contents from the up-to-date contents of the underlying mapped file").
+    The mapping is read-only, so no write can be lost; a dropped page read again is only
+    a page fault, never wrong bytes.
+    """
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._mapped = mapped
+        self._dropped = 0  # page-aligned: everything before it is unmapped
+
+    def __call__(self, position: int) -> None:
+        if position - self._dropped < _SCAN_DROP_STEP_BYTES:
+            return
+        until = position - position % mmap.PAGESIZE  # keep the page `position` is in
+        try:
+            self._mapped.madvise(mmap.MADV_DONTNEED, self._dropped, until - self._dropped)
+        except OSError as exc:  # e.g. EINVAL for locked pages (mlockall): only RSS suffers
+            log.info("cannot drop a scanned segment's pages (%s); keeping them mapped",
+                     os.strerror(exc.errno or 0))
+            self._dropped = len(self._mapped)  # do not try again for this file
+            return
+        self._dropped = until
 
 
 def scan_file(path: str, start: int = fmt.SEGMENT_HEADER_BYTES, *,
               sealed: bool = False) -> tuple[fmt.SegmentHeader, ScanResult]:
     """Scan a local segment file's records from `start` (for a sealed file, up to its
-    footer table). Raises CorruptSegment if the header (or a sealed footer) is bad."""
+    footer table). Raises CorruptSegment if the header (or a sealed footer) is bad.
+
+    The file is mapped whole, but the pages the scan has passed are dropped as it goes:
+    at most about `_SCAN_DROP_STEP_BYTES` (8 MiB) plus one record stays resident."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < fmt.SEGMENT_HEADER_BYTES:
@@ -294,7 +343,8 @@ def scan_file(path: str, start: int = fmt.SEGMENT_HEADER_BYTES, *,
             end = size
             if sealed:
                 end = fmt.decode_trailer(mapped[size - fmt.TRAILER_BYTES :]).table_offset
-            result = scan_records(mapped, max(start, fmt.SEGMENT_HEADER_BYTES), end)
+            result = scan_records(mapped, max(start, fmt.SEGMENT_HEADER_BYTES), end,
+                                  consumed=_DropBehind(mapped))
     return header, result
 
 

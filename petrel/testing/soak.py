@@ -12,9 +12,10 @@ allocations, allocator high-water marks).
 
 What is judged, and why (measured; docs/reliability.md has the numbers):
 - Anonymous memory, not VmRSS. VmRSS also counts file pages mapped into the process:
-  sealing a segment maps and verifies the whole file (up to 256 MiB) for the second or
-  two it takes, a peak of clean page cache that is not the gateway's to leak. A leaked
-  mapping would hold a descriptor (Python's mmap keeps its own), which the fd check sees.
+  sealing a segment maps and verifies the file, clean page cache that is not the
+  gateway's to leak (the scan keeps about 8 MiB of it mapped at a time; before it
+  dropped pages behind it, a seal showed as a peak of up to 256 MiB). A leaked mapping
+  would hold a descriptor (Python's mmap keeps its own), which the fd check sees.
 - Net of RocksDB's memtables. The index's memtables grow with every index write until
   a write buffer (64 MiB; two at most, RocksDB's defaults, which petrel/index.py keeps)
   is flushed; at the CI soak's write rate that takes longer than the soak, so without

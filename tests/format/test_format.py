@@ -1037,6 +1037,25 @@ def test_find_next_record_random_bytes(buf: bytes, offset: int) -> None:
         fmt.decode_record(buf, found)
 
 
+@pytest.mark.parametrize("shift", [-3, -2, -1, 0, 1])
+def test_find_next_record_across_search_windows(shift: int) -> None:
+    """The search copies one window at a time: a record is found wherever it starts
+    relative to a window's end (its sync bytes straddle it at -2 and -1), and
+    `searched` reports each finished window."""
+    window = fmt._SEARCH_WINDOW_BYTES
+    record = joined(fmt.encode_record(flags=0, key=b"b/k", meta=b"", payload=b"z", seq=1,
+                                      mtime_ms=1))
+    at = 1 + window + shift  # searching from offset 0, the first window is [1, 1 + window)
+    buf = bytes(at) + record + bytes(100)
+    searched: list[int] = []
+    assert fmt.find_next_record(buf, 0, searched.append) == at
+    assert fmt.find_next_record(memoryview(buf), 0) == at
+    assert searched == ([] if at < 1 + window else [1 + window])
+    searched.clear()
+    assert fmt.find_next_record(buf, at, searched.append) is None
+    assert searched == [len(buf)]
+
+
 # ----- scanning a segment: segments.scan_records ----------------------------------------
 # Recovery (replay of an active segment's tail), sealing and rebuild all scan with it. A
 # payload is user bytes and may hold a complete encoded record with any key and seq:
