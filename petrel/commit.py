@@ -17,6 +17,9 @@ back to their last committed record (and the cut synced), the commit's writers g
 InsufficientStorage, and writes are taken again once the disk has room (checked with
 statvfs before each write meanwhile, so a full disk is refused without touching it).
 
+Sealing re-reads and verifies the whole segment to write its footer, in a process of
+its own (petrel/sealer.py says why).
+
 A sealed segment's upload that fails is retried with backoff, for ever, and its local
 copy is kept (and served) until an upload is verified. Writes go on meanwhile, into new
 local segments, until the bytes waiting for upload reach `upload_backlog_bytes_max`;
@@ -49,6 +52,7 @@ from petrel.errors import (
     SlowDown,
     StoreClosed,
 )
+from petrel.sealer import SealProcess, SealProcessLost
 from petrel.segments import ActiveSegment, SealResult, local_segment_path, seal_file
 from petrel.settings import Durability, StoreConfig
 
@@ -110,6 +114,33 @@ def make_pending(*, key: bytes, flags: int, seq: int, payload: bytes = b"", size
     return Pending(key, record, flags, size, seq, mtime, parts, md5, meta)
 
 
+class SealWorker:
+    """Seals in the seal process (petrel/sealer.py), or in a `fallback` thread when
+    that process cannot be had: it could not be started, or died during the seal
+    (killed with its process group, out of memory). A seal is idempotent, so one the
+    process may have half done is simply done again; the next seal starts a new
+    process."""
+
+    def __init__(self, fallback: ThreadPoolExecutor, *, in_process: bool) -> None:
+        self._fallback = fallback
+        self.process = SealProcess() if in_process else None
+
+    async def seal(self, path: str) -> SealResult:
+        loop = asyncio.get_running_loop()
+        if self.process is not None:
+            try:
+                return await loop.run_in_executor(self._fallback, self.process.seal, path)
+            except SealProcessLost as exc:
+                log.warning("%s; sealing %s in a thread", exc, path)
+        return await loop.run_in_executor(self._fallback, seal_file, path)
+
+    def close(self) -> None:
+        """Stop the seal process, after the seal it may be running (a footer is never
+        left half written under a store that reopens)."""
+        if self.process is not None:
+            self.process.close()
+
+
 class Committer:
     """Owns the active segment, the commit loop, and segment sealing."""
 
@@ -130,6 +161,7 @@ class Committer:
         # their records are served from these files.
         self.local = local
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="petrel-commit")
+        self._sealer = SealWorker(io_pool, in_process=config.seal_process)
         self._group: list[fmt.FooterEntry] = []
         self._waiters: list[_Waiter] = []
         self._wakeup = asyncio.Event()
@@ -182,6 +214,7 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._commit_pool.shutdown(wait=True)
+        self._sealer.close()
         for segment in list(self.local.values()):
             segment.close()
 
@@ -490,11 +523,10 @@ class Committer:
         """`seal_file`, retried with backoff while the disk is full (the footer needs
         room; a partly written one is cut off by the next try), until `retry_until`
         (a monotonic time) if given: then None. Other failures are raised."""
-        loop = asyncio.get_running_loop()
         delay = self.config.upload_retry_delay_s_min
         while True:
             try:
-                return await loop.run_in_executor(self.io_pool, seal_file, segment.path)
+                return await self._sealer.seal(segment.path)
             except OSError as exc:
                 if not is_no_space(exc):
                     raise

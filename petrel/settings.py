@@ -99,6 +99,9 @@ class StoreConfig:
     # Seal the active segment when it has received no write for this long, so it is
     # uploaded to a remote backend (bounds what a lost local disk can lose).
     seal_idle_s: float = 300.0
+    # Seal segments in a process of their own (petrel/commit.py: a seal in a thread
+    # stalls the event loop on the GIL). False seals in the I/O threads.
+    seal_process: bool = True
     # Compaction: rewrite a sealed segment once this fraction of it is dead, copying at
     # most `compaction_bytes_per_s`; check every `compaction_interval_s`.
     compaction_dead_fraction: float = 0.5
