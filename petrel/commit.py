@@ -161,7 +161,7 @@ class Committer:
         # their records are served from these files.
         self.local = local
         self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="petrel-commit")
-        self._sealer = SealWorker(io_pool, in_process=config.seal_process)
+        self.sealer = SealWorker(io_pool, in_process=config.seal_process)
         self._group: list[fmt.FooterEntry] = []
         self._waiters: list[_Waiter] = []
         self._wakeup = asyncio.Event()
@@ -214,7 +214,7 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._commit_pool.shutdown(wait=True)
-        self._sealer.close()
+        self.sealer.close()
         for segment in list(self.local.values()):
             segment.close()
 
@@ -526,7 +526,7 @@ class Committer:
         delay = self.config.upload_retry_delay_s_min
         while True:
             try:
-                return await self._sealer.seal(segment.path)
+                return await self.sealer.seal(segment.path)
             except OSError as exc:
                 if not is_no_space(exc):
                     raise

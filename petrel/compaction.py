@@ -35,7 +35,7 @@ from petrel.apply import split_object_key
 from petrel.batchread import _Want, plan_runs
 from petrel.commit import now_ms
 from petrel.errors import CorruptionError
-from petrel.segments import local_segment_path, read_footer, seal_file
+from petrel.segments import local_segment_path, read_footer
 
 if TYPE_CHECKING:
     from petrel.store import Store
@@ -150,7 +150,7 @@ class Compactor:
         path = local_segment_path(os.path.join(self.config.data_dir, "segments"), output)
         try:
             copies = await self._copy(victim, output, path, keep, bytes_per_s)
-            sealed = await loop.run_in_executor(store.io_pool, seal_file, path)
+            sealed = await store.committer.sealer.seal(path)  # the seal process
             await loop.run_in_executor(store.io_pool, store.committer.upload,
                                        fmt.segment_blob_name(output), path, sealed.size_bytes)
         except BaseException:

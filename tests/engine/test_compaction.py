@@ -556,7 +556,7 @@ def install_crash(store: Store, point: str) -> None:
     if point == "registered":  # output row synced as compacting, nothing copied
         compactor._copy = die_async
     elif point == "copied":  # output file written, not sealed
-        compaction.seal_file = die  # type: ignore[assignment]
+        store.committer.sealer.seal = die_async  # type: ignore[method-assign]
     elif point == "uploaded":  # output blob uploaded, its row still says compacting
         upload = store.committer.upload
 

@@ -51,7 +51,7 @@ def _footer_keys(path: str, segment_id: int) -> list[bytes]:
 async def test_a_seal_runs_in_the_seal_process_which_stops_with_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
     async with await Store.open(make_config(str(tmp_path / "data"))) as store:
         model = await fill(store, 40)
-        process = store.committer._sealer.process
+        process = store.committer.sealer.process
         assert process is not None and process.pid is None  # started on the first seal
         segment_id = await seal_active(store)
         child = process.pid
@@ -75,7 +75,7 @@ async def test_a_seal_process_killed_mid_seal_is_replaced_by_a_thread(  # type: 
     real_send = sealer._send
 
     def send_after_killing(stream, value):  # type: ignore[no-untyped-def]
-        process = store.committer._sealer.process
+        process = store.committer.sealer.process
         assert process is not None and process._child is not None
         if not killed:
             killed.append(process._child.pid)
@@ -92,7 +92,7 @@ async def test_a_seal_process_killed_mid_seal_is_replaced_by_a_thread(  # type: 
         await store.create_bucket("other")
         await store.put_object("other", "x", b"after the kill")
         second = await seal_active(store)
-        process = store.committer._sealer.process
+        process = store.committer.sealer.process
         assert process is not None and process.pid not in (None, killed[0])
         assert second != first
         for key, want in model.items():
@@ -109,8 +109,8 @@ async def test_a_seal_process_that_cannot_start_leaves_sealing_to_a_thread(  # t
     async with await Store.open(make_config(str(tmp_path / "data"))) as store:
         model = await fill(store, 20)
         await seal_active(store)
-        assert store.committer._sealer.process is not None
-        assert store.committer._sealer.process.pid is None
+        assert store.committer.sealer.process is not None
+        assert store.committer.sealer.process.pid is None
         for key, want in model.items():
             assert await read(store, key) == want
 
