@@ -202,6 +202,10 @@ class Committer:
         self._wakeup.set()
         if self._runner is not None:
             await self._runner
+        if self._seals:
+            # Rolled segments being sealed and uploaded: let them finish, bounded like
+            # the active one below (a seal cut short is done again by the next open).
+            await asyncio.wait(list(self._seals), timeout=self.config.close_upload_timeout_s)
         if seal and self.active is not None and self.active.tail > fmt.SEGMENT_HEADER_BYTES:
             segment, self.active = self.active, None
             # Bounded: with the backend down the segment stays local, sealed, and the

@@ -17,7 +17,8 @@ from test_corruption import BUCKET, fill, make_config, read, seal_active
 
 from petrel import format as fmt
 from petrel import sealer
-from petrel.segments import read_footer, seal_file
+from petrel.model import PutItem
+from petrel.segments import list_local_segments, read_footer, seal_file
 from petrel.store import Store
 
 
@@ -173,3 +174,23 @@ def test_the_seal_process_dies_with_its_parent(tmp_path) -> None:  # type: ignor
         parent.kill()
         parent.wait()
     assert _wait_gone(child), "the seal process outlived a killed parent"
+
+
+async def test_close_waits_for_a_rolled_segment_being_sealed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The segment that filled up is being sealed (its seal process just starting) when
+    # the store closes: close lets that seal finish instead of cancelling it, so only
+    # the active segment is left in segments/.
+    data_dir = str(tmp_path / "data")
+    async with await Store.open(make_config(data_dir)) as store:
+        await store.create_bucket(BUCKET)
+        await store.put_objects([PutItem(BUCKET, f"big/{i}", bytes([i]) * 15_000)
+                                 for i in range(20)])  # 300 KB: rolls a 256 KiB segment
+        rolled = set(store.committer.local) - {store.committer.active.segment_id}  # type: ignore[union-attr]
+        assert rolled, "no segment rolled"
+        active = store.committer.active.segment_id  # type: ignore[union-attr]
+    assert list_local_segments(os.path.join(data_dir, "segments")) == [active]
+    async with await Store.open(make_config(data_dir)) as store:
+        for segment_id in rolled:
+            assert store.applier.segments[segment_id].state == fmt.SEGMENT_SEALED
+        for i in range(20):
+            assert (await store.get_object(BUCKET, f"big/{i}")).body == bytes([i]) * 15_000
