@@ -25,7 +25,7 @@ import mmap
 import os
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -135,6 +135,9 @@ class Store:
         self._sealed: SealedFiles | None = None
         if isinstance(backend, LocalBackend):
             self._sealed = SealedFiles(backend.path_of, config.open_files_max)
+        # A remote backend's on-disk cache, read without waiting when warm.
+        self._cached: Callable[[str, int, int], bytes | bytearray | None] | None = \
+            getattr(backend, "read_cached", None)
         self._background: set[asyncio.Future[None]] = set()
         self.compactor: object | None = None
         self._multipart: Multipart | None = None
@@ -653,9 +656,10 @@ class Store:
                     ) -> tuple[bytes | bytearray | mmap.mmap, int] | None:
         """(buffer, offset of `location` in it) when the bytes can be read without
         waiting on the event loop: a pread of a local unsealed segment (just written,
-        in the page cache), or a non-blocking read of a sealed local one. None when
-        they must be read in a worker thread: a remote backend, or a cold sealed file
-        (a page-cache miss on the loop would stall every request for a disk seek)."""
+        in the page cache), or a non-blocking read of a sealed local one or of a remote
+        one's blocks in the read cache. None when they must be read in a worker thread:
+        a remote read, or a cold file (a page-cache miss on the loop would stall every
+        request for a disk seek)."""
         segment = self.committer.local.get(location.segment_id)
         if segment is not None:
             return segment.read(location.offset, location.length), 0
@@ -666,6 +670,10 @@ class Store:
             except FileNotFoundError:
                 return None  # deleted meanwhile: the backend answers BlobNotFound
             return None if data is None else (data, 0)
+        if self._cached is not None:
+            cached = self._cached(fmt.segment_blob_name(location.segment_id),
+                                  location.offset, location.length)
+            return None if cached is None else (cached, 0)
         return None
 
     def forget_segment(self, segment_id: int) -> None:

@@ -104,6 +104,73 @@ def test_bounded_in_bytes_least_recently_used_first(inner: CountingBackend,
         assert cache.stats().bytes_cached <= 4 * BLOCK
 
 
+def _nowait_works(directory: Path) -> bool:
+    """Whether the filesystem under `directory` takes RWF_NOWAIT reads (tmpfs does not:
+    read_cached then always answers None, and reads go to get_range)."""
+    probe = directory / "nowait-probe"
+    probe.write_bytes(b"x")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return True
+
+
+def test_read_cached_serves_only_whole_cached_ranges(inner: CountingBackend,
+                                                     tmp_path: Path) -> None:
+    # The store's event loop reads a warm cache with read_cached, never waiting: the
+    # bytes when every block of the range is cached (counted as hits, no inner read),
+    # None when any is not, when the blob's size is not known yet, past its end, for
+    # names not cached at all, and after a write or delete of the blob.
+    data = blob_bytes(3, 6 * BLOCK + 10)
+    inner.put_bytes("segments/1", data)
+    inner.put_bytes("objects/big", data)
+    cache = cache_over(inner, tmp_path, 100)
+    if not _nowait_works(tmp_path):
+        pytest.skip("this filesystem refuses RWF_NOWAIT: read_cached always answers None")
+    assert cache.read_cached("segments/1", 0, 10) is None  # nothing cached, size unknown
+    cache.get_range("segments/1", BLOCK, 2 * BLOCK)  # blocks 1 and 2
+    reads, hits = len(inner.reads), cache.stats().hits
+    assert cache.read_cached("segments/1", BLOCK + 5, 100) == data[BLOCK + 5 : BLOCK + 105]
+    assert cache.read_cached("segments/1", BLOCK, 2 * BLOCK) == data[BLOCK : 3 * BLOCK]
+    assert cache.read_cached("segments/1", 2 * BLOCK - 7, 20) == \
+        data[2 * BLOCK - 7 : 2 * BLOCK + 13]  # across two cached blocks
+    assert cache.stats().hits == hits + 1 + 2 + 2
+    for offset, length in ((BLOCK - 1, 2), (3 * BLOCK - 1, 2), (0, 1), (6 * BLOCK, 10)):
+        assert cache.read_cached("segments/1", offset, length) is None  # a block missing
+    cache.get_range("segments/1", 6 * BLOCK, 10)
+    assert cache.read_cached("segments/1", 6 * BLOCK, 10) == data[6 * BLOCK :]
+    assert cache.read_cached("segments/1", 6 * BLOCK, 11) is None  # past the end
+    assert cache.read_cached("segments/1", BLOCK, 0) is None
+    assert len(inner.reads) == reads + 1  # read_cached never reads the inner backend
+    cache.get_range("objects/big", 0, 10)
+    assert cache.read_cached("objects/big", 0, 10) is None  # not a cached name
+    cache.put_bytes("segments/1", b"new" * BLOCK)
+    assert cache.read_cached("segments/1", BLOCK + 5, 100) is None
+    assert cache.get_range("segments/1", 0, 6) == b"newnew"
+    assert cache.read_cached("segments/1", 3, 3) == b"new"
+    cache.delete("segments/1")
+    assert cache.read_cached("segments/1", 3, 3) is None
+
+
+def test_read_cached_misses_a_block_evicted_under_it(inner: CountingBackend,
+                                                     tmp_path: Path) -> None:
+    data = blob_bytes(4, 4 * BLOCK)
+    inner.put_bytes("segments/1", data)
+    cache = cache_over(inner, tmp_path, 2)
+    if not _nowait_works(tmp_path):
+        pytest.skip("this filesystem refuses RWF_NOWAIT: read_cached always answers None")
+    cache.get_range("segments/1", 0, 2 * BLOCK)
+    assert cache.read_cached("segments/1", 0, 10) == data[:10]
+    cache.get_range("segments/1", 2 * BLOCK, 2 * BLOCK)  # evicts blocks 0 and 1
+    assert cache.read_cached("segments/1", 0, 10) is None
+    assert cache.read_cached("segments/1", 3 * BLOCK, 10) == data[3 * BLOCK : 3 * BLOCK + 10]
+
+
 def test_other_names_pass_through(inner: CountingBackend, tmp_path: Path) -> None:
     inner.put_bytes("objects/big", b"x" * 3 * BLOCK)
     cache = cache_over(inner, tmp_path, 10)

@@ -17,6 +17,7 @@ import pytest
 from weed import backend_config
 
 from petrel import format as fmt
+from petrel.backends.cache import CachedBackend
 from petrel.backends.s3 import S3Backend
 from petrel.compaction import Compactor
 from petrel.errors import NoSuchKey
@@ -156,6 +157,40 @@ async def test_batch_get_merges_neighbours_into_one_get_per_run(
     # Records of one segment lie within the merge gap of each other: one GET each.
     assert len(segment_gets) == len(segments)
     assert len(segment_gets) < len(wanted) // 10
+
+
+async def test_a_warm_cache_is_read_on_the_event_loop(
+        remote_store: tuple[Store, dict[str, bytes]], s3: S3BackendConfig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once the read cache holds a segment's blocks, reads of its records (single and
+    # batch) come from the cache files on the loop: no worker thread, no backend GET.
+    first, objects = remote_store
+    config = first.config
+    await first.close()
+    counting = CountingS3Backend(s3, threads=config.io_threads)
+    cached = CachedBackend(counting, os.path.join(config.data_dir, "cache"),
+                           bytes_max=config.read_cache_bytes_max,
+                           block_bytes=config.read_cache_block_bytes)
+    async with await Store.open(config, cached) as store:
+        keys = sorted(k for k in objects if k.startswith("img/"))
+        await store.get_objects([GetItem(BUCKET, key) for key in keys])  # warms the cache
+        if cached._nowait is None:
+            pytest.skip("the cache's filesystem refuses RWF_NOWAIT: warm reads use threads")
+        handed: list[object] = []
+        submit = store.io_pool.submit
+
+        def counting_submit(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            handed.append(fn)
+            return submit(fn, *args, **kwargs)
+
+        monkeypatch.setattr(store.io_pool, "submit", counting_submit)
+        gets, hits = len(counting.ranged_gets), cached.stats().hits
+        results = await store.get_objects([GetItem(BUCKET, key) for key in reversed(keys)])
+        assert [r.data for r in results] == [objects[k] for k in reversed(keys)]
+        for key in keys[:10]:
+            assert (await store.get_object(BUCKET, key)).body == objects[key]
+        assert handed == [] and len(counting.ranged_gets) == gets
+        assert cached.stats().hits > hits
 
 
 async def test_compaction_of_remote_segments(remote_store: tuple[Store, dict[str, bytes]]
