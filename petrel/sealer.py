@@ -5,7 +5,7 @@ tens of thousands of records: a fifth of a second of Python) before it writes th
 footer. In a thread of the gateway it holds the GIL against the event loop, and the
 loop, which gives the GIL up at every system call, waits up to the 5 ms switch interval
 each time to get it back: every request stalls for as long as the seal runs (10 KiB PUT
-p99 under wrk: 120-140 ms with seals in a thread, 22 ms with this process). The process
+p99 under wrk: 120-140 ms with seals in a thread, 21-35 ms with this process). The process
 also keeps the mapped segment's pages out of the gateway's resident memory.
 
 One child (`python -m petrel.sealer`), started on the first seal (and again after it
