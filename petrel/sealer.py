@@ -12,8 +12,10 @@ One child (`python -m petrel.sealer`), started on the first seal (and again afte
 dies), seals one segment at a time for its parent over a pipe: a request is a path, an
 answer the SealResult or the exception `seal_file` raised, each pickled (parent and
 child are the same program) and length-prefixed. The child exits when its stdin closes
-(the parent closed the store), and is killed with its parent (PR_SET_PDEATHSIG), so it
-never writes a footer under a store that another process has reopened. It ignores
+(the parent closed the store), and within `PARENT_CHECK_S` of its parent's death, killed
+or not (a watchdog thread sees its parent process id change), so it does not go on
+writing a footer under a store that another process has reopened. (PR_SET_PDEATHSIG would
+follow the thread that started the child, a worker thread here, not the process.) It ignores
 SIGINT: a Ctrl-C reaches the whole process group, and the parent still seals while it
 shuts down.
 """
@@ -21,7 +23,6 @@ shuts down.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -30,12 +31,13 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 from petrel.segments import SealResult, seal_file
 
 _LENGTH = struct.Struct("<Q")
-_PR_SET_PDEATHSIG = 1
+PARENT_CHECK_S = 0.2
 STOP_TIMEOUT_S = 30.0  # a seal in progress is let finish when the store closes
 
 
@@ -130,17 +132,18 @@ class SealProcess:
         child.stdout.close()
 
 
-def _die_with(parent_pid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(0)
+def _exit_with(parent_pid: int) -> None:
+    """In a daemon thread: exit the moment the parent is gone (this process is then
+    adopted by another, and its parent id changes), even in the middle of a seal."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(int(argv[0]))
+    threading.Thread(target=_exit_with, args=(int(argv[0]),), name="parent-watch",
+                     daemon=True).start()
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s (seal process) %(message)s")
     requests, answers = sys.stdin.buffer, sys.stdout.buffer

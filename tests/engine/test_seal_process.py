@@ -5,6 +5,7 @@ likewise; a killed parent takes the child with it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -155,25 +156,34 @@ def test_the_seal_process_answers_what_seal_file_answers(tmp_path) -> None:  # t
 
 def test_the_seal_process_dies_with_its_parent(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A parent killed outright (SIGKILL: no close) takes its seal process with it, so
-    # no footer is written under a store that the next gateway has reopened.
+    # no footer is written under a store that the next gateway has reopened. Another
+    # process holds the child's stdin open here, as a busy child would not read it:
+    # only the child's watch on its parent can end it.
     script = (
-        "import os, sys, time\n"
+        "import subprocess, sys, time\n"
         "from petrel import sealer\n"
         "p = sealer.SealProcess()\n"
-        "p._started()\n"
-        "print(p.pid, flush=True)\n"
+        "child = p._started()\n"
+        "holder = subprocess.Popen(['sleep', '60'], pass_fds=(child.stdin.fileno(),))\n"
+        "print(child.pid, holder.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               text=True, cwd=str(tmp_path))
+    holder = None
     try:
         assert parent.stdout is not None
-        child = int(parent.stdout.readline())
+        child, holder = (int(pid) for pid in parent.stdout.readline().split())
         assert _alive(child)
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(child), "the seal process outlived a killed parent"
     finally:
         parent.kill()
         parent.wait()
-    assert _wait_gone(child), "the seal process outlived a killed parent"
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGKILL)
 
 
 async def test_close_waits_for_a_rolled_segment_being_sealed(tmp_path) -> None:  # type: ignore[no-untyped-def]
