@@ -25,7 +25,7 @@ import mmap
 import os
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -139,6 +139,13 @@ class Store:
         self._cached: Callable[[str, int, int], bytes | bytearray | None] | None = \
             getattr(backend, "read_cached", None)
         self._background: set[asyncio.Future[None]] = set()
+        # Streams of large objects being read, by their pointer record's location
+        # (counted), and the orphaned records among them: an overwrite or delete that
+        # orphans a large object being streamed deletes its blob only once the last
+        # such stream ends. Deleted at once, the blob vanished under a GET whose
+        # headers were sent, and the client got a body cut short.
+        self._large_reads: dict[fmt.Location, int] = {}
+        self._orphans_held: dict[fmt.Location, bytes] = {}
         self.compactor: object | None = None
         self._multipart: Multipart | None = None
         self._closed = False
@@ -203,11 +210,47 @@ class Store:
 
     def _delete_orphans_later(self, records: list[tuple[bytes, fmt.Location]]) -> None:
         """Delete the blobs of large objects whose pointer records lost their last
-        reference (read each record for its blob name, off the event loop)."""
+        reference (read each record for its blob name, off the event loop); those being
+        streamed now, once their last stream ends (`_hold_large`)."""
+        for full_key, location in records:
+            if location in self._large_reads:
+                self._orphans_held[location] = full_key
+        records = [record for record in records if record[1] not in self._large_reads]
+        if not records:
+            return
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.io_pool, self._delete_orphans, records)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
+
+    def _hold_large(self, location: fmt.Location) -> Callable[[], None]:
+        """Keep the blob of the large object whose pointer record is at `location`
+        until the returned release is called (once; later calls do nothing). Call it in
+        the same step of the event loop as the lookup that found `location`: an
+        overwrite committed in between would have orphaned the blob already."""
+        self._large_reads[location] = self._large_reads.get(location, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._large_reads[location] - 1
+            if left:
+                self._large_reads[location] = left
+                return
+            del self._large_reads[location]
+            full_key = self._orphans_held.pop(location, None)
+            if full_key is None:
+                return
+            try:
+                self._delete_orphans_later([(full_key, location)])
+            except RuntimeError:  # no event loop any more (interpreter shutdown)
+                log.warning("blob of %r not deleted (the store is closing); petrel fsck "
+                            "finds it", full_key)
+
+        return release
 
     def _delete_orphans(self, records: list[tuple[bytes, fmt.Location]]) -> None:
         for full_key, location in records:
@@ -593,14 +636,21 @@ class Store:
         """Read what `locate_object` found: packed objects in one verified read, large
         ones streamed from the backend in `chunk_bytes` pieces."""
         entry = located.entry
-        start, length = resolve_range(byte_range, entry.size)
-        payload = await self._read_payload(entry, located.full_key)
         if not entry.flags & fmt.FLAG_LARGE:
+            start, length = resolve_range(byte_range, entry.size)
+            payload = await self._read_payload(entry, located.full_key)
             body = payload if start == 0 and length == entry.size else \
                 payload[start : start + length]
             return ObjectStream(located.info, start, length, _one_chunk(body), body)
-        ref = fmt.decode_large_ref(payload)
-        chunks = self._stream_large(ref, start, length, chunk_bytes)
+        # Held before the first await: `located` was looked up in this step of the loop.
+        release = self._hold_large(entry.location)
+        try:
+            start, length = resolve_range(byte_range, entry.size)
+            ref = fmt.decode_large_ref(await self._read_payload(entry, located.full_key))
+        except BaseException:
+            release()
+            raise
+        chunks = _HeldChunks(self._stream_large(ref, start, length, chunk_bytes), release)
         return ObjectStream(located.info, start, length, chunks)
 
     def read_object_now(self, located: Located, byte_range: ByteRange | None = None
@@ -707,7 +757,7 @@ class Store:
         return body
 
     async def _stream_large(self, ref: fmt.LargeRef, start: int, length: int,
-                            chunk_bytes: int) -> AsyncIterator[bytes]:
+                            chunk_bytes: int) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         verify = start == 0 and length == ref.size
         checksum = fmt.content_hasher()
@@ -858,6 +908,33 @@ def _etag_parts(etag: str) -> tuple[bytes, int]:
 
 async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
     yield body
+
+
+class _HeldChunks:
+    """A large object's chunks, holding its blob (Store._hold_large) until the stream
+    ends: read to the end, failed, closed, or dropped unread."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], release: Callable[[], None]
+                 ) -> None:
+        self._chunks = chunks
+        self._release = release
+
+    def __aiter__(self) -> _HeldChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:  # StopAsyncIteration included: the stream is over
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        self._release()
+        await self._chunks.aclose()
+
+    def __del__(self) -> None:
+        self._release()
 
 
 def shutil_rmtree(path: str) -> None:
