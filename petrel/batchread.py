@@ -198,14 +198,11 @@ def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult 
         item = requested[position]
         location = entry.location
         try:
-            body = check(data, location.offset + shift, location, full_key)
-            if item.byte_range is not None:
-                start, length = resolve_range(item.byte_range, entry.size)
-                body = body[start : start + length]
+            payload = check(data, location.offset + shift, location, full_key)
         except PetrelError as exc:
             results[position] = GetResult(item, None, exc)
             continue
-        results[position] = GetResult(item, body, None, entry)
+        _finish(item, results, position, entry, payload)
 
 
 def _finish(item: GetItem, results: list[GetResult | None], position: int,

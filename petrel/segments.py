@@ -26,6 +26,45 @@ _IOV_MAX = 1024
 _NOWAIT_REFUSED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 
 
+class NowaitReads:
+    """Reads that never wait for the disk: preadv with RWF_NOWAIT, which fails with
+    EAGAIN when the bytes are not all in the page cache, so an event loop can read a
+    warm file inline and hand only cold reads to a worker thread.
+
+    Some filesystems refuse the flag (tmpfs answers EOPNOTSUPP; kernels without it,
+    EINVAL). The first refusal turns these reads off for this instance (its files are
+    under one root) and every read goes to the worker thread, as a page-cache miss does:
+    a filesystem that refuses the flag may be a disk, where an inline pread could stall
+    the loop; on tmpfs the cost is only a thread hop. `what` names the files in the log.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.flag: int | None = getattr(os, "RWF_NOWAIT", None)
+        self._what = what
+
+    @property
+    def on(self) -> bool:
+        return self.flag is not None
+
+    def read(self, fd: int, buffer: bytearray, offset: int) -> bool:
+        """Fill `buffer` from `fd` at `offset` if that needs no disk read; False if it
+        would, or if the filesystem refuses such reads (off from then on)."""
+        if self.flag is None:
+            return False
+        try:
+            count = os.preadv(fd, [buffer], offset, self.flag)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NOWAIT_REFUSED:
+                raise
+            log.info("the filesystem of %s refuses RWF_NOWAIT (%s); reading them in worker "
+                     "threads", self._what, os.strerror(exc.errno or 0))
+            self.flag = None
+            return False
+        return count == len(buffer)
+
+
 def local_segment_path(directory: str, segment_id: int) -> str:
     return os.path.join(directory, f"{segment_id:016x}.seg")
 
@@ -153,22 +192,16 @@ class SealedFiles:
     """Open read handles of sealed segments that live as local files (the local
     backend), at most `limit` at a time, least recently used closed first.
 
-    `read_cached` never waits for the disk: it reads with RWF_NOWAIT and answers None
-    when the bytes are not all in the page cache, so the event loop never stalls on a
-    cold read (the caller then reads in a worker thread). Event-loop thread only.
-
-    Some filesystems refuse RWF_NOWAIT (tmpfs answers EOPNOTSUPP; kernels without it,
-    EINVAL). The first refusal turns the fast path off for this instance (all its files
-    are under one backend root) and every read goes to the worker thread, as a page-cache
-    miss does: a filesystem that refuses the flag may be a disk, where an inline pread
-    could stall the loop; on tmpfs the cost is only a thread hop.
+    `read_cached` never waits for the disk (NowaitReads): it answers None when the
+    bytes are not all in the page cache, so the event loop never stalls on a cold read
+    (the caller then reads in a worker thread). Event-loop thread only.
     """
 
     def __init__(self, path_of: Callable[[str], str], limit: int) -> None:
         self._path_of = path_of
         self._limit = limit
         self._files: OrderedDict[int, BinaryIO] = OrderedDict()
-        self._nowait: int | None = getattr(os, "RWF_NOWAIT", None)
+        self._nowait = NowaitReads("sealed segments")
 
     def _file(self, segment_id: int) -> BinaryIO:
         handle = self._files.get(segment_id)
@@ -188,22 +221,11 @@ class SealedFiles:
         then). Raises FileNotFoundError if the segment file is gone. The buffer read
         into is returned as it is, not copied into bytes: the caller copies the payload
         out of it once, verified (format.verified_payload)."""
-        if self._nowait is None:
+        if not self._nowait.on:
             return None
         handle = self._file(segment_id)
         buffer = bytearray(length)
-        try:
-            count = os.preadv(handle.fileno(), [buffer], offset, self._nowait)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno not in _NOWAIT_REFUSED:
-                raise
-            log.info("the filesystem of sealed segments refuses RWF_NOWAIT (%s); reading "
-                     "them in worker threads", os.strerror(exc.errno or 0))
-            self._nowait = None
-            return None
-        return buffer if count == length else None
+        return buffer if self._nowait.read(handle.fileno(), buffer, offset) else None
 
     def forget(self, segment_id: int) -> None:
         handle = self._files.pop(segment_id, None)

@@ -243,22 +243,14 @@ def decode_get_request(buffer: bytes, items_max: int | None = None
     view = memoryview(buffer)
     check_stream_header(view, Kind.GET_REQUEST)
     size = len(buffer)
-    unpack = _HEADER.unpack_from
     items: list[tuple[str, tuple[int, int | None] | None]] = []
     append = items.append
     position = STREAM_HEADER_BYTES
     while True:
-        if size - position < FRAME_HEADER_BYTES:
+        bounds = _checked_frame(buffer, view, position)
+        if bounds is None:
             raise MalformedBatch(f"batch stream truncated after {len(items)} items")
-        checksum, status, flags, key_len, aux_len, data_len = unpack(buffer, position)
-        key_at = position + FRAME_HEADER_BYTES
-        aux_at = key_at + key_len
-        data_at = aux_at + aux_len
-        end = data_at + data_len
-        if end > size:
-            raise MalformedBatch(f"batch stream truncated after {len(items)} items")
-        if _xxh3(view[position + 8 : end]) != checksum:
-            raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+        status, flags, key_at, aux_at, data_at, end = bounds
         if status not in _STATUS_OF:
             raise MalformedBatch(f"unknown frame status {status}")
         try:
@@ -274,11 +266,11 @@ def decode_get_request(buffer: bytes, items_max: int | None = None
         if items_max is not None and len(items) >= items_max:
             raise MalformedBatch(f"more than {items_max} items in one batch")
         if not flags & FLAG_RANGE:
-            if aux_len:
+            if data_at != aux_at:
                 raise MalformedBatch(f"unexpected aux bytes on {key!r}")
             append((key, None))
         else:
-            if aux_len != _RANGE.size:
+            if data_at - aux_at != _RANGE.size:
                 raise MalformedBatch(f"byte range of {key!r} is not 16 bytes")
             start, length = _RANGE.unpack_from(buffer, aux_at)
             append((key, (start, None if length == TO_END else length)))
@@ -339,23 +331,16 @@ def _get_answers(buffer: bytes, position: int, keys: Sequence[str],
     """Decode the whole frames of `buffer` from `position` into `answers`: (where the
     first incomplete frame starts, whether the END frame was read)."""
     view = memoryview(buffer)
-    size = len(buffer)
-    unpack = _HEADER.unpack_from
     append = answers.append
-    while size - position >= FRAME_HEADER_BYTES:
-        checksum, status, flags, key_len, aux_len, data_len = unpack(buffer, position)
-        key_at = position + FRAME_HEADER_BYTES
-        aux_at = key_at + key_len
-        data_at = aux_at + aux_len
-        end = data_at + data_len
-        if end > size:
+    while True:
+        bounds = _checked_frame(buffer, view, position)
+        if bounds is None:
             break
-        if _xxh3(view[position + 8 : end]) != checksum:
-            raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+        status, flags, key_at, aux_at, data_at, end = bounds
         if status == Status.END:
             _check_end(Frame(Status.END, flags, "", view[aux_at:data_at], view[data_at:end]),
                        len(answers))
-            if key_len:
+            if aux_at != key_at:
                 raise MalformedBatch("malformed END frame")
             if len(answers) != len(keys):
                 raise MalformedBatch(f"batch get answered {len(answers)} items for "
@@ -442,20 +427,32 @@ def check_stream_header(view: memoryview, kind: Kind) -> None:
         raise MalformedBatch("reserved stream header bytes are not zero")
 
 
-def _frame_at(view: memoryview, position: int) -> tuple[Frame, int] | None:
-    """The frame at `position` and the position after it, or None when the buffer
-    ends first. Raises MalformedBatch for a frame that is complete but wrong."""
-    if len(view) - position < FRAME_HEADER_BYTES:
+def _checked_frame(buffer: bytes | memoryview, view: memoryview, position: int
+                   ) -> tuple[int, int, int, int, int, int] | None:
+    """(status, flags, key_at, aux_at, data_at, end) of the frame at `position` of
+    `buffer` (`view` is a memoryview of it), its checksum checked; None when the buffer
+    ends first. Every decoder reads a frame's header through this."""
+    if len(buffer) - position < FRAME_HEADER_BYTES:
         return None
-    checksum, status, flags, key_len, aux_len, data_len = _HEADER.unpack_from(view, position)
-    body = position + FRAME_HEADER_BYTES
-    aux_at = body + key_len
+    checksum, status, flags, key_len, aux_len, data_len = _HEADER.unpack_from(buffer, position)
+    key_at = position + FRAME_HEADER_BYTES
+    aux_at = key_at + key_len
     data_at = aux_at + aux_len
     end = data_at + data_len
-    if end > len(view):
+    if end > len(buffer):
         return None
     if _xxh3(view[position + 8 : end]) != checksum:
         raise MalformedBatch("batch frame checksum mismatch (corrupted in transit)")
+    return status, flags, key_at, aux_at, data_at, end
+
+
+def _frame_at(view: memoryview, position: int) -> tuple[Frame, int] | None:
+    """The frame at `position` and the position after it, or None when the buffer
+    ends first. Raises MalformedBatch for a frame that is complete but wrong."""
+    bounds = _checked_frame(view, view, position)
+    if bounds is None:
+        return None
+    status, flags, body, aux_at, data_at, end = bounds
     known = _STATUS_OF.get(status)
     if known is None:
         raise MalformedBatch(f"unknown frame status {status}")

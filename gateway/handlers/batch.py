@@ -125,12 +125,8 @@ class _Pieces(payload.Payload):
         # The first write sends the response headers aiohttp holds back, joined with
         # the (small) stream header; the rest go straight to the transport in order.
         await writer.write(pieces[0])
-        transport = getattr(writer, "transport", None)
-        if transport is None:  # not aiohttp's StreamWriter: no transport to write to
-            for piece in pieces[1:]:
-                await writer.write(piece)
-            return
-        if transport.is_closing():
+        transport = getattr(writer, "transport", None)  # aiohttp's StreamWriter's
+        if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         transport.writelines(pieces[1:])
         await writer.drain()

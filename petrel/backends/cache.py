@@ -17,9 +17,7 @@ never served. (Records carry their own checksums, checked by the store on every 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import logging
 import os
 import shutil
 import threading
@@ -30,11 +28,7 @@ from dataclasses import dataclass
 
 from petrel.backends.base import Backend, check_blob_name
 from petrel.errors import InvalidArgument
-
-log = logging.getLogger("petrel.backends.cache")
-
-# Filesystems that refuse RWF_NOWAIT (tmpfs: EOPNOTSUPP; old kernels: EINVAL).
-_NOWAIT_REFUSED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
+from petrel.segments import NowaitReads
 
 # Blob sizes remembered (one HEAD per blob otherwise), at most.
 _SIZES_MAX = 100_000
@@ -87,7 +81,7 @@ class CachedBackend:
         self._inflight: dict[tuple[str, int], threading.Event] = {}
         self._bytes = 0
         self._hits = self._misses = self._fetches = self._fetched = self._evictions = 0
-        self._nowait: int | None = getattr(os, "RWF_NOWAIT", None)
+        self._nowait = NowaitReads("the read cache's blocks")
 
     @property
     def reads_are_local(self) -> bool:
@@ -123,7 +117,7 @@ class CachedBackend:
         `get_range` in a worker thread. The store's event loop serves warm reads this
         way, without a thread hop per read (a warm batch get runs as fast as one over
         the local backend's files, which are read the same way)."""
-        if self._nowait is None or length <= 0 or not name.startswith(self.prefixes):
+        if not self._nowait.on or length <= 0 or not name.startswith(self.prefixes):
             return None
         first, last = offset // self.block_bytes, (offset + length - 1) // self.block_bytes
         with self._lock:
@@ -138,9 +132,8 @@ class CachedBackend:
             invalidations = self._invalidations
         pieces: list[bytearray] = []
         for index in range(first, last + 1):
-            base = index * self.block_bytes
-            start = max(offset, base) - base
-            piece = bytearray(min(offset + length, base + self.block_bytes) - base - start)
+            start, end = self._span(index, offset, length)
+            piece = bytearray(end - start)
             if not self._read_nowait(self._path(name, index), piece, start):
                 return None
             pieces.append(piece)
@@ -151,26 +144,22 @@ class CachedBackend:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _read_nowait(self, path: str, buffer: bytearray, offset: int) -> bool:
-        """Fill `buffer` from `path` at `offset` if that needs no disk read."""
+        """Fill `buffer` from the block file `path` at `offset` if that needs no disk
+        read."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:  # evicted since the lookup
             return False
         try:
-            assert self._nowait is not None
-            count = os.preadv(fd, [buffer], offset, self._nowait)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _NOWAIT_REFUSED:
-                raise
-            log.info("the read cache's filesystem refuses RWF_NOWAIT (%s); cached reads "
-                     "go to worker threads", os.strerror(exc.errno or 0))
-            self._nowait = None
-            return False
+            return self._nowait.read(fd, buffer, offset)
         finally:
             os.close(fd)
-        return count == len(buffer)
+
+    def _span(self, index: int, offset: int, length: int) -> tuple[int, int]:
+        """The part of block `index`, relative to its start, that bytes [offset,
+        offset + length) of the blob cover."""
+        base = index * self.block_bytes
+        return max(offset, base) - base, min(offset + length, base + self.block_bytes) - base
 
     def _read_blocks(self, name: str, first: int, last: int, size: int,
                      invalidations: int, offset: int, length: int) -> list[bytes]:
@@ -178,9 +167,7 @@ class CachedBackend:
         the cached block files (only the bytes wanted are read), each run of missing
         blocks fetched whole with one ranged read (and stored)."""
         def wanted(index: int) -> tuple[int, int]:
-            """The range of block `index` (relative to its start) the read covers."""
-            base = index * self.block_bytes
-            return max(offset, base) - base, min(offset + length, base + self.block_bytes) - base
+            return self._span(index, offset, length)
 
         found: dict[int, bytes] = {}
         for index in range(first, last + 1):
