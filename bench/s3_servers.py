@@ -158,12 +158,12 @@ def _wait_http(server: Server, path: str, ok_statuses: tuple[int, ...]) -> None:
 
 
 def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
-                 log_dir: str) -> Server:
+                 log_dir: str, processes: int = 1) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "petrel", "serve", "--data", data_dir, "--host", HOST,
                "--port", str(port), "--access-key", creds.access_key,
                "--secret-key", creds.secret_key, "--durability", durability,
-               "--log-level", "warning"]
+               "--log-level", "warning", "--processes", str(processes)]
     os.makedirs(data_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
     server = Server(name, port, _spawn(command, log_path), log_path, durability, command,

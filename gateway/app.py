@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -43,6 +44,9 @@ from petrel_gateway.routes import BUCKET, OBJECT, SERVICE, UNSUPPORTED_SUBRESOUR
 from petrel_gateway.settings import GatewaySettings
 from petrel_gateway.xml import Owner
 
+if TYPE_CHECKING:
+    from petrel_gateway.workers import Workers
+
 log = logging.getLogger("petrel.gateway")
 
 
@@ -65,6 +69,8 @@ class RequestIds:
 
 
 METRICS = web.AppKey("petrel.metrics", Metrics)
+# Reader processes (server.processes > 1), set by petrel serve once they start.
+WORKERS: web.AppKey[Workers] = web.AppKey("petrel.workers")
 INFLIGHT = web.AppKey("petrel.inflight", Inflight)
 REQUEST_IDS = web.AppKey("petrel.request_ids", RequestIds)
 
@@ -174,6 +180,8 @@ def reconfigure(app: web.Application, settings: GatewaySettings) -> list[str]:
     if settings.qos != qos.config:
         qos.configure(settings.qos)
         changes.append("qos limits")
+    if changes and WORKERS in app:
+        app[WORKERS].reconfigure(settings)
     return changes
 
 
@@ -213,7 +221,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     if not _is_probe(request):
         return await dispatch(request)
-    body = request.app[METRICS].render()
+    others = await request.app[WORKERS].samples() if WORKERS in request.app else []
+    body = request.app[METRICS].render(others)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

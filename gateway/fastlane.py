@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -39,6 +40,7 @@ from multidict import CIMultiDict
 from petrel.errors import PetrelError, RequestTimeout
 from petrel.format import FLAG_LARGE
 from petrel.model import ByteRange
+from petrel.replica import NotServedHere
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
@@ -167,9 +169,14 @@ class FastLane:
     `full_stack` makes aiohttp's protocol for a connection handed over."""
 
     def __init__(self, app: web.Application, full_stack: Callable[[], asyncio.Protocol],
-                 idle_timeout_s: float) -> None:
+                 idle_timeout_s: float,
+                 pass_on: Callable[[asyncio.Transport, bytes], None] | None = None) -> None:
         self.app = app
         self.full_stack = full_stack
+        # A reader process (petrel_gateway.worker): it answers GETs and HEADs from a
+        # replica of the store and passes every other connection on to the primary
+        # (`pass_on`), instead of handing it to its own aiohttp.
+        self.pass_on = pass_on
         self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
         self.served = 0  # requests answered in the lane (tests read it)
@@ -182,6 +189,16 @@ class FastLane:
         if self._sweeper is None:
             self._sweep()
         return _Connection(self)
+
+    async def adopt(self, sock: socket.socket, received: bytes) -> None:
+        """A connection a reader process passed on: served as if accepted here, with
+        `received` (its bytes the reader read and did not answer) as its first data."""
+        def connection() -> _Connection:
+            adopted = self()
+            adopted.preload = received
+            return adopted
+
+        await asyncio.get_running_loop().connect_accepted_socket(connection, sock)
 
     # ----- connections --------------------------------------------------------------
     def _sweep(self) -> None:
@@ -213,7 +230,7 @@ class FastLane:
         `admitted`, since it was let in when its head arrived)."""
         request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes)
         if request is not None and not request.complete:
-            if not self._admit(connection):
+            if self.pass_on is not None or not self._admit(connection):
                 connection.hand_over(data)
                 return
             connection.wait_for_body(data, len(data) + request.body_length - len(request.body))
@@ -262,6 +279,8 @@ class FastLane:
         inflight = app[INFLIGHT]
         if inflight.draining and not admitted:
             return _HAND_OVER
+        if self.pass_on is not None and app[QOS].config.enabled:
+            return _HAND_OVER  # QoS limits are kept by one process: the primary
         settings = app[SETTINGS]
         if len(request.headers) > settings.headers_max:
             return _HAND_OVER  # aiohttp refuses it
@@ -274,6 +293,8 @@ class FastLane:
         if bucket is None or key is None or bucket.startswith("_"):
             return _HAND_OVER  # service, bucket and /_petrel/ admin paths
         if request.method == "PUT":
+            if self.pass_on is not None:
+                return _HAND_OVER  # the primary writes
             if not admitted and inflight.count >= settings.inflight_requests_max:
                 return _HAND_OVER  # the full stack answers 503 SlowDown
             self._put(connection, request, bucket, key)
@@ -285,6 +306,8 @@ class FastLane:
             located = store.locate_object(bucket, key)
         except PetrelError as exc:
             missing = exc
+        except NotServedHere:
+            return _HAND_OVER  # a reader process: the primary reads this one
         if located is not None and located.entry.flags & FLAG_LARGE:
             return _HAND_OVER  # streamed from the backend
         started = time.perf_counter()
@@ -308,7 +331,11 @@ class FastLane:
             if request.method == "HEAD":
                 sent = self._respond(connection, located, byte_range, None, request_id)
             else:
-                read = store.read_object_now(located, byte_range)
+                try:
+                    read = store.read_object_now(located, byte_range)
+                except NotServedHere:
+                    admission.done(0)
+                    return _HAND_OVER
                 if read is None:
                     self._read_later(connection, request, located, byte_range, admission,
                                      request_id, operation, started)
@@ -470,7 +497,8 @@ class _Connection(asyncio.Protocol):
     """One client connection while it is in the lane."""
 
     __slots__ = ("busy", "counted", "idle_since", "lane", "partial", "partial_bytes",
-                 "partial_total", "pending", "read_paused", "transport", "write_paused")
+                 "partial_total", "pending", "preload", "read_paused", "transport",
+                 "write_paused")
 
     def __init__(self, lane: FastLane) -> None:
         self.lane = lane
@@ -483,11 +511,15 @@ class _Connection(asyncio.Protocol):
         self.counted = False  # counted in flight while its body arrives
         self.idle_since = time.monotonic()
         self.read_paused = self.write_paused = False
+        self.preload = b""  # bytes a reader process received on an adopted connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = cast(asyncio.Transport, transport)
         self.lane.connections.add(self)
+        if self.preload:
+            received, self.preload = self.preload, b""
+            self.data_received(received)
 
     def data_received(self, data: bytes) -> None:
         if self.busy:
@@ -565,6 +597,10 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self.lane.handed_over += 1
+        if self.lane.pass_on is not None:
+            transport.pause_reading()
+            self.lane.pass_on(transport, data)
+            return
         protocol = self.lane.full_stack()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -582,8 +618,9 @@ class FastSite(web.TCPSite):
     __slots__ = ("lane",)
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *,
-                 idle_timeout_s: float, ssl_context: Any = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context)
+                 idle_timeout_s: float, ssl_context: Any = None,
+                 reuse_port: bool = False) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
         assert runner.server is not None
         self.lane = FastLane(runner.app, runner.server, idle_timeout_s)
         if METRICS in runner.app:
@@ -595,9 +632,15 @@ class FastSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self.lane, self._host, self._port,
                                                 ssl=self._ssl_context,
-                                                backlog=self._backlog)
+                                                backlog=self._backlog,
+                                                reuse_port=self._reuse_port)
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the system chose for port 0)."""
+        return self._bound_port if self._bound_port is not None else self._port
 
     async def stop(self) -> None:
         await super().stop()

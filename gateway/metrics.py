@@ -4,7 +4,7 @@ docs/operations.md lists every metric."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -162,8 +162,43 @@ class _FastLaneCollector(Collector):
                                   "(a request it does not serve).", value=handed_over)
 
 
+# Families a reader process sends the primary, summed into the primary's on a scrape.
+_SUMMED_TYPES = frozenset({"counter", "histogram"})
+# (family name, type, documentation, samples as (name, labels, value)).
+Samples = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
+
+
+class _Families:
+    """What generate_latest renders: families already collected."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+class _ReadersCollector(Collector):
+    """Reader processes (server.processes > 1; petrel_gateway.workers)."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        running, passed_on, restarts = self._counts()
+        yield GaugeMetricFamily("petrel_reader_processes",
+                                "Reader processes running beside this one.", value=running)
+        yield CounterMetricFamily("petrel_reader_connections_passed_on",
+                                  "Connections reader processes passed to this one (a "
+                                  "request a reader does not answer: writes, listings, "
+                                  "large objects, remote segments).", value=passed_on)
+        yield CounterMetricFamily("petrel_reader_restarts",
+                                  "Reader processes started again after they died.",
+                                  value=restarts)
+
+
 class Metrics:
-    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+    def __init__(self, stats: Callable[[], StoreStats] | None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("petrel_requests", "S3 requests by operation and status.",
                                 ["operation", "status"], registry=self.registry)
@@ -182,7 +217,8 @@ class Metrics:
         self.throttled = Counter("petrel_qos_throttled",
                                  "Requests refused 503 SlowDown by a QoS limit.",
                                  ["scope", "name", "reason"], registry=self.registry)
-        self.registry.register(_StoreCollector(stats))
+        if stats is not None:  # a reader process has no store of its own
+            self.registry.register(_StoreCollector(stats))
         self._counters: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
 
@@ -221,8 +257,43 @@ class Metrics:
     def watch_fast_lane(self, counts: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_FastLaneCollector(counts))
 
+    def watch_readers(self, counts: Callable[[], tuple[int, int, int]]) -> None:
+        self.registry.register(_ReadersCollector(counts))
+
     def watch_qos(self, config: Callable[[], QosConfig]) -> None:
         self.registry.register(_QosCollector(config))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def samples(self) -> Samples:
+        """This process's counters and histograms (requests, latency, bytes, QoS,
+        the fast lane, CPU): what a reader process sends the primary."""
+        return [(family.name, family.type, family.documentation,
+                 [(s.name, dict(s.labels), s.value) for s in family.samples])
+                for family in self.registry.collect() if family.type in _SUMMED_TYPES]
+
+    def render(self, others: Sequence[Samples] = ()) -> bytes:
+        """The exposition text; `others` (reader processes' `samples`) are added to
+        this process's counters and histograms, sample by sample."""
+        if not others:
+            return generate_latest(self.registry)
+        families = list(self.registry.collect())
+        by_name = {family.name: family for family in families}
+        for samples in others:
+            for name, kind, documentation, values in samples:
+                family = by_name.get(name)
+                if family is None:
+                    family = by_name[name] = Metric(name, documentation, kind)
+                    families.append(family)
+                if family.type != kind:
+                    continue
+                index = {(s.name, tuple(sorted(s.labels.items()))): i
+                         for i, s in enumerate(family.samples)}
+                for sample_name, labels, value in values:
+                    if sample_name.endswith("_created"):
+                        continue  # a timestamp: the primary's stands
+                    at = index.get((sample_name, tuple(sorted(labels.items()))))
+                    if at is None:
+                        family.add_sample(sample_name, labels, value)
+                    else:
+                        old = family.samples[at]
+                        family.samples[at] = old._replace(value=old.value + value)
+        return generate_latest(_Families(families))

@@ -51,6 +51,10 @@ class GatewaySettings:
     tls_key_file: str | None = None
     # Seconds between checks of the config and credentials files for a live reload.
     reload_interval_s: float = 2.0
+    # Serving processes: 1 is one process; N > 1 adds N - 1 reader processes that
+    # answer GETs and HEADs of packed objects on the same port and pass every other
+    # request to the primary (petrel_gateway.workers). Needs the fast lane, no TLS.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -65,5 +69,10 @@ class GatewaySettings:
             raise ValueError("server.shutdown_drain_s must be >= 0")
         if self.reload_interval_s <= 0:
             raise ValueError("server.reload_interval_s must be > 0")
+        if self.processes < 1:
+            raise ValueError(f"server.processes must be >= 1, got {self.processes}")
+        if self.processes > 1 and (self.tls_cert_file or not self.fast_lane):
+            raise ValueError("server.processes > 1 needs server.fast_lane and no TLS (a "
+                             "reader passes connections on as plain sockets)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("server.tls_cert_file and server.tls_key_file go together")

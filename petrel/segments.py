@@ -203,7 +203,9 @@ class SealedFiles:
         self._files: OrderedDict[int, BinaryIO] = OrderedDict()
         self._nowait = NowaitReads("sealed segments")
 
-    def _file(self, segment_id: int) -> BinaryIO:
+    def file(self, segment_id: int) -> BinaryIO:
+        """The open file of a segment (opened and cached now if it is not). Raises
+        FileNotFoundError."""
         handle = self._files.get(segment_id)
         if handle is not None:
             self._files.move_to_end(segment_id)
@@ -223,7 +225,7 @@ class SealedFiles:
         out of it once, verified (format.verified_payload)."""
         if not self._nowait.on:
             return None
-        handle = self._file(segment_id)
+        handle = self.file(segment_id)
         buffer = bytearray(length)
         return buffer if self._nowait.read(handle.fileno(), buffer, offset) else None
 

@@ -641,7 +641,7 @@ class Store:
             payload = await self._read_payload(entry, located.full_key)
             body = payload if start == 0 and length == entry.size else \
                 payload[start : start + length]
-            return ObjectStream(located.info, start, length, _one_chunk(body), body)
+            return ObjectStream(located.info, start, length, one_chunk(body), body)
         # Held before the first await: `located` was looked up in this step of the loop.
         release = self._hold_large(entry.location)
         try:
@@ -906,7 +906,7 @@ def _etag_parts(etag: str) -> tuple[bytes, int]:
     return bytes.fromhex(digest), int(parts) if parts else 0
 
 
-async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+async def one_chunk(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 

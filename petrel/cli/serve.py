@@ -7,7 +7,7 @@ or a bad value stops the start with a message naming it.
     [server]            host, port, region, virtual_host_domains, inflight_requests_max,
                         log_level, body_idle_timeout_s, shutdown_drain_s,
                         tls_cert_file, tls_key_file, reload_interval_s,
-                        idle_connection_timeout_s, fast_lane
+                        idle_connection_timeout_s, fast_lane, processes
     [store]             data, durability, pack_threshold_bytes, segment_bytes_max,
                         compaction_dead_fraction, compaction_bytes_per_s, seal_idle_s,
                         object_bytes_max, io_threads, upload_backlog_bytes_max,
@@ -57,7 +57,7 @@ SCHEMA: dict[str, dict[str, type]] = {
                "inflight_requests_max": int, "log_level": str,
                "body_idle_timeout_s": float, "shutdown_drain_s": float,
                "tls_cert_file": str, "tls_key_file": str, "reload_interval_s": float,
-               "idle_connection_timeout_s": float, "fast_lane": bool},
+               "idle_connection_timeout_s": float, "fast_lane": bool, "processes": int},
     "store": {"data": str, "durability": str, "pack_threshold_bytes": int,
               "segment_bytes_max": int, "compaction_dead_fraction": float,
               "compaction_bytes_per_s": int, "seal_idle_s": float,
@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secret-key", help="secret key (or PETREL_SECRET_KEY)")
     parser.add_argument("--credentials-file", help="file of ACCESS_KEY:SECRET_KEY lines")
     parser.add_argument("--log-level", help="debug, info, warning (default info)")
+    parser.add_argument("--processes", type=int,
+                        help="serving processes (default 1): N > 1 adds N - 1 reader "
+                             "processes for GET and HEAD; about one per core")
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     add_backend_arguments(parser)
@@ -175,7 +178,8 @@ def load_options(args: argparse.Namespace, environ: dict[str, str]) -> ServeOpti
              ("store", "durability"): "durability",
              ("auth", "access_key"): "access_key", ("auth", "secret_key"): "secret_key",
              ("auth", "credentials_file"): "credentials_file",
-             ("server", "log_level"): "log_level", ("backend", "url"): "backend",
+             ("server", "log_level"): "log_level", ("server", "processes"): "processes",
+             ("backend", "url"): "backend",
              ("backend", "endpoint"): "backend_endpoint",
              ("backend", "region"): "backend_region",
              ("backend", "path_style"): "backend_path_style",
@@ -305,7 +309,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
     for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s",
-                 "idle_connection_timeout_s", "fast_lane"):
+                 "idle_connection_timeout_s", "fast_lane", "processes"):
         if options.get("server", name) is not None:
             settings_fields[name] = options.get("server", name)
     level = str(options.get("server", "log_level", "info")).lower()
@@ -413,8 +417,17 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     from aiohttp import web
 
     from petrel.index import IndexUnavailable
-    from petrel_gateway.app import build_app, inflight_requests, reconfigure, start_draining
+    from petrel_gateway.app import (
+        METRICS,
+        WORKERS,
+        build_app,
+        inflight_requests,
+        reconfigure,
+        start_draining,
+    )
+    from petrel_gateway.context import STORE
     from petrel_gateway.fastlane import FastSite
+    from petrel_gateway.workers import Workers
 
     app = build_app(settings, store_config)
     # aiohttp's own shutdown cancels requests still reading their body; petrel drains
@@ -437,11 +450,19 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     if settings.fast_lane:
         site = FastSite(runner, settings.host, settings.port,
                         idle_timeout_s=settings.idle_connection_timeout_s,
-                        ssl_context=_ssl_context(settings))
+                        ssl_context=_ssl_context(settings),
+                        reuse_port=settings.processes > 1)
     else:
         site = web.TCPSite(runner, settings.host, settings.port,
                            ssl_context=_ssl_context(settings))
     await site.start()
+    workers = None
+    if settings.processes > 1:
+        assert isinstance(site, FastSite)
+        workers = app[WORKERS] = Workers(site.lane, settings, store_config, app[STORE].kv,
+                                         site.port, settings.processes)
+        workers.start()
+        app[METRICS].watch_readers(workers.counts)
     backend = store_config.backend
     where = "local" if backend is None else \
         f"s3://{backend.bucket}/{backend.key_prefix} at {backend.endpoint_url or 'AWS'}"
@@ -455,6 +476,8 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     if watcher is not None:
         watcher.cancel()
     print("petrel: stopping: draining in-flight requests", flush=True)
+    if workers is not None:  # their requests drain first; new ones come here meanwhile
+        await workers.stop(settings.shutdown_drain_s + 5.0)
     start_draining(app)
     server = site._server  # the listening socket only; open connections stay
     if server is not None:

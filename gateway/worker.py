@@ -1,0 +1,159 @@
+"""A reader process of the gateway (`python -m petrel_gateway.worker FD`): started by
+the primary (petrel_gateway.workers) when `server.processes` is more than 1.
+
+It listens on the gateway's port beside the primary (SO_REUSEPORT: the kernel spreads
+new connections over the processes) and answers, in its fast lane, GETs and HEADs of
+packed objects from a replica of the store (petrel.replica). Every other request, and
+any read it cannot answer, goes to the primary with its connection: the socket's
+descriptor and the bytes received so far travel over the channel (petrel_gateway.
+channel) and the connection is the primary's from then on.
+
+Its settings arrive pickled on stdin; FD is its end of the channel. It stops on
+SIGTERM (after draining its requests, as `petrel serve` does) and when the channel
+ends (the primary is gone); it ignores SIGINT, which the primary handles for the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, cast
+
+from aiohttp import web
+
+from petrel.replica import Replica, replica_dir
+from petrel_gateway import channel as ch
+from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS, Inflight, RequestIds, reconfigure
+from petrel_gateway.authn import VERIFIER, make_verifier
+from petrel_gateway.context import QOS, SETTINGS, STORE
+from petrel_gateway.fastlane import FastLane
+from petrel_gateway.metrics import Metrics
+from petrel_gateway.qos import Qos
+
+log = logging.getLogger("petrel.worker")
+
+# How often a connection handed on waits for its last answer to leave the socket.
+_DRAIN_POLL_S = 0.001
+
+
+def build_worker_app(settings: Any, replica: Replica) -> web.Application:
+    """The app state the fast lane reads (no routes: a reader has no aiohttp stack)."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[QOS] = Qos(settings.qos)
+    app[INFLIGHT] = Inflight()
+    app[REQUEST_IDS] = RequestIds()
+    app[VERIFIER] = make_verifier(settings)
+    app[STORE] = cast(Any, replica)
+    metrics = app[METRICS] = Metrics(None)
+    app[QOS].on_throttle = metrics.throttle
+    return app
+
+
+class _Reader:
+    def __init__(self, link: ch.Channel, settings: Any, store_config: Any, number: int
+                 ) -> None:
+        self.link = link
+        self.settings = settings
+        self.store_config = store_config
+        self.number = number
+        self.stop = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def pass_on(self, transport: asyncio.Transport, received: bytes) -> None:
+        """Hand a connection to the primary once its last answer is written (the
+        primary must not write before it)."""
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            self.loop.call_later(_DRAIN_POLL_S, self.pass_on, transport, received)
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            self.link.send(ch.HAND_OVER, received, sock.fileno())
+        except ch.ChannelClosed:
+            log.warning("reader %d: the primary is gone; closing a connection it cannot "
+                        "take", self.number)
+        # Closes this process's descriptor only: the connection lives on in the primary.
+        transport.close()
+
+    def listen(self, app: web.Application) -> None:
+        """The channel, read in a thread: metrics requests, reloaded settings, and its
+        end (the primary is gone: stop)."""
+        while True:
+            try:
+                kind, payload, fd = self.link.receive()
+            except ch.ChannelClosed:
+                self.loop.call_soon_threadsafe(self.stop.set)
+                return
+            if fd is not None:
+                os.close(fd)
+            if kind == ch.COLLECT:
+                try:
+                    self.link.send(ch.SAMPLES, pickle.dumps(app[METRICS].samples()))
+                except ch.ChannelClosed:
+                    continue
+            elif kind == ch.SETTINGS:
+                self.loop.call_soon_threadsafe(self._reconfigure, app, pickle.loads(payload))
+
+    def _reconfigure(self, app: web.Application, settings: Any) -> None:
+        changes = reconfigure(app, settings)
+        if changes:
+            log.info("reader %d reloaded: %s", self.number, ", ".join(changes))
+
+    async def run(self, host: str, port: int) -> None:
+        secondary = os.path.join(replica_dir(self.store_config.data_dir),
+                                 f"reader-{self.number}")
+        replica = Replica(self.store_config, secondary)
+        app = build_worker_app(self.settings, replica)
+        lane = FastLane(app, cast(Any, None), self.settings.idle_connection_timeout_s,
+                        pass_on=self.pass_on)
+        app[METRICS].watch_fast_lane(lambda: (lane.served, lane.handed_over))
+        self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        server = await self.loop.create_server(lane, host, port, reuse_port=True)
+        threading.Thread(target=self.listen, args=(app,), name="petrel-channel",
+                         daemon=True).start()
+        log.info("reader %d (pid %d) serving GET and HEAD on %s:%d", self.number,
+                 os.getpid(), host, port)
+        await self.stop.wait()
+        app[INFLIGHT].draining = True  # new requests go to the primary meanwhile
+        server.close()
+        deadline = time.monotonic() + self.settings.shutdown_drain_s
+        while app[INFLIGHT].count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        lane.close()
+        replica.close()
+
+
+def main() -> int:
+    import uvloop
+
+    fd = int(sys.argv[1])
+    settings, store_config, host, port, number, level = pickle.load(sys.stdin.buffer)
+    logging.basicConfig(level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    link = ch.Channel(socket.socket(fileno=fd))
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def run() -> None:
+        await _Reader(link, settings, store_config, number).run(host, port)
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+        link.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

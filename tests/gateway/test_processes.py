@@ -1,0 +1,187 @@
+"""`petrel serve --processes N`: reader processes answer GETs and HEADs beside the
+primary, on the same port, and pass everything else to it with the connection. Every
+test runs the gateway as users do and talks to it with boto3 or raw HTTP over fresh
+connections (the kernel spreads those over the processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+from conftest import make_client, start_gateway, stop_gateway
+from rawhttp import ACCESS_KEY, SECRET_KEY
+
+from petrel.testing.gateway import Gateway
+
+READERS = 2
+_READER_LINE = re.compile(r"reader (\d+) \(pid (\d+)\) serving")
+
+
+def _reader_pids(gateway: Gateway) -> dict[int, int]:
+    """Reader number -> pid of its latest start, from the gateway's log."""
+    return {int(number): int(pid) for number, pid in _READER_LINE.findall(gateway.log())}
+
+
+def _wait_readers(gateway: Gateway, starts: int = READERS, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(_READER_LINE.findall(gateway.log())) < starts:
+        assert time.monotonic() < deadline, gateway.log()
+        assert gateway.process.poll() is None, gateway.log()
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _fresh(gateway: Gateway, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+    """A client with one connection of its own (a new TCP connection: any process)."""
+    return make_client(gateway.endpoint, max_pool_connections=1,
+                       connect_timeout=timeout_s, read_timeout=timeout_s)
+
+
+def _metric(gateway: Gateway, name: str) -> float:
+    with urllib.request.urlopen(f"{gateway.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+def multi(tmp_path):  # type: ignore[no-untyped-def]
+    gateway = start_gateway(str(tmp_path / "data"), "--access-key", ACCESS_KEY,
+                            "--secret-key", SECRET_KEY, "--processes", str(READERS + 1))
+    _wait_readers(gateway)
+    yield gateway
+    assert stop_gateway(gateway) == 0
+
+
+def test_every_write_is_read_back_at_once_from_any_process(multi) -> None:  # type: ignore[no-untyped-def]
+    """Read-after-write across processes: each PUT, overwrite and DELETE is seen by the
+    very next GET or HEAD on a new connection, whichever process takes it."""
+    writer = make_client(multi.endpoint)
+    writer.create_bucket(Bucket="rwx")
+    for round_ in range(30):
+        key = f"k{round_ % 7}"
+        body = os.urandom(100 + round_ * 37)
+        writer.put_object(Bucket="rwx", Key=key, Body=body)
+        assert _fresh(multi).get_object(Bucket="rwx", Key=key)["Body"].read() == body
+        assert _fresh(multi).head_object(Bucket="rwx", Key=key)["ContentLength"] == len(body)
+        ranged = _fresh(multi).get_object(Bucket="rwx", Key=key, Range="bytes=10-49")
+        assert ranged["Body"].read() == body[10:50]
+        if round_ % 5 == 4:
+            writer.delete_object(Bucket="rwx", Key=key)
+            with pytest.raises(ClientError) as error:
+                _fresh(multi).get_object(Bucket="rwx", Key=key)
+            assert error.value.response["Error"]["Code"] == "NoSuchKey"
+    # A bucket made after the readers started is known to them at once.
+    writer.create_bucket(Bucket="later")
+    writer.put_object(Bucket="later", Key="x", Body=b"late")
+    for _ in range(6):
+        assert _fresh(multi).get_object(Bucket="later", Key="x")["Body"].read() == b"late"
+
+
+def test_readers_answer_while_the_primary_is_stopped(multi) -> None:  # type: ignore[no-untyped-def]
+    """With the primary frozen (SIGSTOP), GETs on new connections that land on a
+    reader are still answered, byte-identical: the readers read on their own."""
+    client = make_client(multi.endpoint)
+    client.create_bucket(Bucket="frozen")
+    body = os.urandom(10_240)
+    client.put_object(Bucket="frozen", Key="obj", Body=body)
+    for _ in range(4):  # every reader has caught up with the PUT before the freeze
+        _fresh(multi).head_object(Bucket="frozen", Key="obj")
+    os.kill(multi.process.pid, signal.SIGSTOP)
+    answered = 0
+    try:
+        for _ in range(24):
+            try:
+                got = _fresh(multi, timeout_s=0.5).get_object(Bucket="frozen", Key="obj")
+            except Exception:  # noqa: BLE001 - a connection the frozen primary holds
+                continue
+            assert got["Body"].read() == body
+            answered += 1
+    finally:
+        os.kill(multi.process.pid, signal.SIGCONT)
+    assert answered > 0
+
+
+def test_other_requests_are_passed_to_the_primary(multi) -> None:  # type: ignore[no-untyped-def]
+    """On one keep-alive connection, whatever process accepted it: a GET, then writes,
+    listings, a multipart upload and a large object all work; readers passed
+    connections on, and /metrics counts the requests of every process."""
+    setup = make_client(multi.endpoint)
+    setup.create_bucket(Bucket="mixed")
+    setup.put_object(Bucket="mixed", Key="seed", Body=b"seed")
+    before = _metric(multi, "petrel_requests_total")
+    requests = 0
+    large = os.urandom(3 * 1024 * 1024)  # over the packing threshold: a blob
+    for i in range(8):
+        client = _fresh(multi)
+        assert client.get_object(Bucket="mixed", Key="seed")["Body"].read() == b"seed"
+        client.put_object(Bucket="mixed", Key=f"p{i}", Body=f"body {i}".encode())
+        assert client.get_object(Bucket="mixed", Key=f"p{i}")["Body"].read() == \
+            f"body {i}".encode()
+        names = [o["Key"] for o in client.list_objects_v2(Bucket="mixed")["Contents"]]
+        assert f"p{i}" in names
+        client.delete_object(Bucket="mixed", Key=f"p{i}")
+        requests += 5
+    client = _fresh(multi)
+    client.put_object(Bucket="mixed", Key="large", Body=large)
+    assert _fresh(multi).get_object(Bucket="mixed", Key="large")["Body"].read() == large
+    requests += 2
+    assert _metric(multi, "petrel_reader_connections_passed_on_total") > 0
+    assert _metric(multi, "petrel_reader_processes") == READERS
+    # Every request counted once, whichever process answered it.
+    assert _metric(multi, "petrel_requests_total") - before == requests
+
+
+def test_a_reader_that_dies_is_started_again(multi) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(multi.endpoint)
+    client.create_bucket(Bucket="phoenix")
+    client.put_object(Bucket="phoenix", Key="k", Body=b"still here")
+    victim = _reader_pids(multi)[1]
+    os.kill(victim, signal.SIGKILL)
+    _wait_readers(multi, starts=READERS + 1)
+    assert _reader_pids(multi)[1] != victim
+    for _ in range(10):
+        assert _fresh(multi).get_object(Bucket="phoenix", Key="k")["Body"].read() == \
+            b"still here"
+    assert _metric(multi, "petrel_reader_restarts_total") == 1
+
+
+def test_readers_stop_with_the_primary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM: readers drain and exit, the primary exits 0. SIGKILL of the primary:
+    the readers notice their channel end and exit on their own."""
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        gateway = start_gateway(str(tmp_path / f"data-{how.name}"), "--access-key",
+                                ACCESS_KEY, "--secret-key", SECRET_KEY, "--processes",
+                                str(READERS + 1))
+        _wait_readers(gateway)
+        pids = list(_reader_pids(gateway).values())
+        assert all(_alive(pid) for pid in pids)
+        gateway.process.send_signal(how)
+        code = gateway.process.wait(30)
+        assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in pids)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=1).close()
