@@ -596,11 +596,11 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         if transport is None or transport.is_closing():
             return
-        self.lane.handed_over += 1
-        if self.lane.pass_on is not None:
+        if self.lane.pass_on is not None:  # counted by the primary, which takes it
             transport.pause_reading()
             self.lane.pass_on(transport, data)
             return
+        self.lane.handed_over += 1
         protocol = self.lane.full_stack()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
