@@ -118,9 +118,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="untimed GET seconds before a server's first GET run of a size")
     parser.add_argument("--sizes", nargs="+", default=["1k", "10k", "100k"])
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="petrel serve --processes (default: one per core, as "
-                             "SeaweedFS uses every core)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="petrel serve --processes (default 0, petrel's default: one "
+                             "per core, as SeaweedFS uses every core)")
     parser.add_argument("--threads", type=int, default=1,
                         help="wrk threads for the main runs (2 cores: wrk and server share)")
     parser.add_argument("--count", type=int, help="objects uploaded per size for GETs")

@@ -158,7 +158,7 @@ def _wait_http(server: Server, path: str, ok_statuses: tuple[int, ...]) -> None:
 
 
 def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
-                 log_dir: str, processes: int = 1) -> Server:
+                 log_dir: str, processes: int = 0) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "petrel", "serve", "--data", data_dir, "--host", HOST,
                "--port", str(port), "--access-key", creds.access_key,

@@ -54,6 +54,7 @@ class GatewaySettings:
     # Serving processes: 1 is one process; N > 1 adds N - 1 reader processes that
     # answer GETs and HEADs of packed objects on the same port and pass every other
     # request to the primary (petrel_gateway.workers). Needs the fast lane, no TLS.
+    # (`petrel serve` defaults to one per core: petrel.cli.serve._processes.)
     processes: int = 1
 
     def __post_init__(self) -> None:

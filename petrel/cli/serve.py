@@ -36,6 +36,11 @@ re-read and replaced without a restart; requests in flight are not disturbed. A 
 that fails validation is logged and changes nothing. Other settings need a restart.
 
 TLS: `tls_cert_file` and `tls_key_file` (or --tls-cert/--tls-key) serve HTTPS.
+
+Processes: `processes` (--processes, default 0 = one per core) serving processes share
+the port: the primary owns the store and takes every write; the others are readers
+that answer GETs and HEADs of packed objects (petrel_gateway.workers). With TLS or the
+fast lane off, the default is one process.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "PETREL_"
+# server.processes = 0 starts one serving process per core, up to this many.
+_AUTO_PROCESSES_MAX = 16
 
 # section -> key -> type; the schema of the TOML file and of PETREL_* variables.
 SCHEMA: dict[str, dict[str, type]] = {
@@ -105,8 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--credentials-file", help="file of ACCESS_KEY:SECRET_KEY lines")
     parser.add_argument("--log-level", help="debug, info, warning (default info)")
     parser.add_argument("--processes", type=int,
-                        help="serving processes (default 1): N > 1 adds N - 1 reader "
-                             "processes for GET and HEAD; about one per core")
+                        help="serving processes (default 0: one per core): N > 1 adds "
+                             "N - 1 reader processes for GET and HEAD")
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     add_backend_arguments(parser)
@@ -309,7 +316,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
         settings_fields["inflight_requests_max"] = options.get("server",
                                                                "inflight_requests_max")
     for name in ("body_idle_timeout_s", "shutdown_drain_s", "reload_interval_s",
-                 "idle_connection_timeout_s", "fast_lane", "processes"):
+                 "idle_connection_timeout_s", "fast_lane"):
         if options.get("server", name) is not None:
             settings_fields[name] = options.get("server", name)
     level = str(options.get("server", "log_level", "info")).lower()
@@ -317,6 +324,7 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
         raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {level!r}")
     settings_fields["tls_cert_file"], settings_fields["tls_key_file"] = _tls_files(options)
+    settings_fields["processes"] = _processes(options, settings_fields)
     try:
         settings_fields["qos"] = parse_qos(options.values.get("qos", {}))
     except ValueError as exc:
@@ -334,6 +342,19 @@ def build(options: ServeOptions) -> tuple[Any, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return settings, store_config
+
+
+def _processes(options: ServeOptions, fields: dict[str, Any]) -> int:
+    """server.processes: 0 (the default) is one per core this process may run on, or 1
+    where readers cannot work (TLS, no fast lane); N > 0 is N."""
+    processes = options.get("server", "processes", 0)
+    if processes < 0:
+        raise ConfigError(f"server.processes must be >= 0 (0: one per core), got {processes}")
+    if processes:
+        return int(processes)
+    if fields.get("tls_cert_file") or not fields.get("fast_lane", True):
+        return 1
+    return min(len(os.sched_getaffinity(0)), _AUTO_PROCESSES_MAX)
 
 
 def _tls_files(options: ServeOptions) -> tuple[str | None, str | None]:

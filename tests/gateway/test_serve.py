@@ -162,7 +162,7 @@ def test_credentials_file_with_two_pairs_and_env(tmp_path) -> None:  # type: ign
     ("[server]\nport = \"many\"\n", "server.port must be a number"),
     ("[store]\ndurability = \"sometimes\"\n", "store.durability"),
     ("[store]\nsegment_bytes_max = 10\n", "segment_bytes_max"),
-    ("[server]\nprocesses = 0\n", "server.processes must be >= 1"),
+    ("[server]\nprocesses = -1\n", "server.processes must be >= 0"),
     ("[server]\nprocesses = 2\nfast_lane = false\n", "server.processes > 1 needs"),
 ])
 def test_bad_config_fails_at_start(tmp_path, text, needle) -> None:  # type: ignore[no-untyped-def]
