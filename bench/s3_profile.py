@@ -271,8 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     work = tempfile.mkdtemp(prefix="petrel-bench-s3-profile-")
     machine = describe(work)
+    # One process: py-spy follows one PID, and CPU per request is that process's.
     server = servers.start_petrel("petrel-batch", os.path.join(work, "petrel"), "batch",
-                                  CREDS, work)
+                                  CREDS, work, processes=1)
     try:
         client = urls.boto3_client(server.endpoint, CREDS)
         urls.create_bucket(client, urls.BUCKET)

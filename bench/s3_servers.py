@@ -83,21 +83,44 @@ class Memory:
     file_bytes: int
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (petrel's reader processes and its sealer)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
 def memory(pid: int) -> Memory:
+    """Summed over `pid` and its descendants: a server is all its processes (pages of
+    files two of them map are counted twice in `file`)."""
     fields = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                name, _, value = line.partition(":")
-                if name in fields:
-                    fields[name] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
+    for member in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{member}/status", encoding="ascii", errors="replace") as handle:
+                for line in handle:
+                    name, _, value = line.partition(":")
+                    if name in fields:
+                        fields[name] += int(value.split()[0]) * 1024
+        except OSError:
+            continue
     return Memory(fields["VmRSS"], fields["RssAnon"], fields["RssFile"])
 
 
 def rss_bytes(pid: int) -> int:
-    """VmRSS of `pid` in bytes; 0 if the process is gone."""
+    """VmRSS of `pid` and its descendants in bytes; 0 if they are gone."""
     return memory(pid).rss_bytes
 
 

@@ -37,10 +37,12 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
+from petrel import wire
+from petrel.batchread import read_batch
 from petrel.errors import PetrelError, RequestTimeout
 from petrel.format import FLAG_LARGE
 from petrel.model import ByteRange
-from petrel.replica import NotServedHere
+from petrel.replica import NotServedHere, Replica
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
@@ -48,6 +50,7 @@ from petrel_gateway.authn import VERIFIER, identify
 from petrel_gateway.chunked import open_body
 from petrel_gateway.context import QOS, SETTINGS, STORE
 from petrel_gateway.errors import as_s3_error
+from petrel_gateway.handlers import batch
 from petrel_gateway.handlers.objects import object_header_pairs
 from petrel_gateway.request import parse_range, target_of, user_metadata
 
@@ -77,8 +80,10 @@ _SWEEP_S = 0.5
 # Bytes a client may send ahead while its request is being answered; then the lane
 # stops reading from it until the answer is written.
 _PENDING_BYTES_MAX = 1024 * 1024
-_LANE_METHODS = frozenset({"GET", "HEAD", "PUT"})
-_OPERATIONS = {"GET": "get_object", "HEAD": "head_object", "PUT": "put_object"}
+_LANE_METHODS = frozenset({"GET", "HEAD", "PUT", "POST"})
+_OPERATIONS = {"GET": "get_object", "HEAD": "head_object", "PUT": "put_object",
+               "POST": "batch_get_objects"}
+_BATCH_GET_QUERIES = frozenset({"batch-get", "batch-get="})
 
 
 class _Request:
@@ -94,12 +99,15 @@ class _Request:
         return len(self.body) == self.body_length
 
 
-def parse_head(data: bytes, body_bytes_max: int) -> _Request | None:
+def parse_head(data: bytes, body_bytes_max: int, batch_bytes_max: int = 0
+               ) -> _Request | None:
     """The request at the start of `data` if it is one the lane serves, with the part
-    of its body that `data` holds (a PUT's body may be incomplete: see `complete`);
-    None for anything else, and for bytes beyond the request (the full stack then
-    parses it all, and answers what is malformed). Header names come back lower-cased,
-    values without surrounding blanks."""
+    of its body that `data` holds (a PUT's or POST's body may be incomplete: see
+    `complete`); None for anything else, and for bytes beyond the request (the full
+    stack then parses it all, and answers what is malformed). A batch get (POST
+    ?batch-get) is one only when `batch_bytes_max` (its largest body) is given: reader
+    processes serve it here. Header names come back lower-cased, values without
+    surrounding blanks."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > _HEAD_BYTES_MAX:
         return None
@@ -129,10 +137,11 @@ def parse_head(data: bytes, body_bytes_max: int) -> _Request | None:
     if not (length.isascii() and length.isdigit() and len(length) < 16):
         return None
     body_length = int(length)
-    if method == "PUT":
-        # A plain body of a packed object: aws-chunked bodies, copies and large objects
-        # go to the full stack.
-        if body_length > body_bytes_max or "content-length" not in headers or \
+    if method == "PUT" or method == "POST":
+        # A plain body of a packed object (or a batch get request): aws-chunked
+        # bodies, copies and large objects go to the full stack.
+        if body_length > (body_bytes_max if method == "PUT" else batch_bytes_max) or \
+                "content-length" not in headers or \
                 headers.get("x-amz-content-sha256", "").startswith("STREAMING-") or \
                 "x-amz-copy-source" in headers or "x-amz-decoded-content-length" in headers:
             return None
@@ -142,7 +151,10 @@ def parse_head(data: bytes, body_bytes_max: int) -> _Request | None:
     if len(body) > body_length:
         return None  # pipelined behind it
     path, _, query = target.partition("?")
-    if query:
+    if method == "POST":
+        if query not in _BATCH_GET_QUERIES:
+            return None
+    elif query:
         for part in query.split("&"):
             if part.partition("=")[0] not in _LANE_QUERY:
                 return None
@@ -177,6 +189,8 @@ class FastLane:
         # replica of the store and passes every other connection on to the primary
         # (`pass_on`), instead of handing it to its own aiohttp.
         self.pass_on = pass_on
+        self.batch_bytes_max = 0 if pass_on is None else \
+            batch.request_bytes_max(app[STORE].limits, with_data=False)
         self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
         self.served = 0  # requests answered in the lane (tests read it)
@@ -228,9 +242,11 @@ class FastLane:
     def handle(self, connection: _Connection, data: bytes, admitted: bool = False) -> None:
         """`data` starts a request (or is all of one whose body was awaited: then
         `admitted`, since it was let in when its head arrived)."""
-        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes)
+        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes,
+                             self.batch_bytes_max)
         if request is not None and not request.complete:
-            if self.pass_on is not None or not self._admit(connection):
+            if (self.pass_on is not None and request.method == "PUT") or \
+                    not self._admit(connection):
                 connection.hand_over(data)
                 return
             connection.wait_for_body(data, len(data) + request.body_length - len(request.body))
@@ -263,7 +279,8 @@ class FastLane:
         data = b"".join(connection.partial)
         connection.partial = None
         self.release(connection)
-        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes)
+        request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes,
+                             self.batch_bytes_max)
         if request is not None:
             target = target_of(request.headers["host"], request.path,
                                self.app[SETTINGS].virtual_host_domains)
@@ -290,6 +307,10 @@ class FastLane:
         except UnicodeError:
             return _HAND_OVER
         bucket, key = target.bucket, target.key
+        if request.method == "POST":
+            if bucket is None or key is not None or bucket.startswith("_"):
+                return _HAND_OVER
+            return self._batch_get(connection, request, bucket, admitted)
         if bucket is None or key is None or bucket.startswith("_"):
             return _HAND_OVER  # service, bucket and /_petrel/ admin paths
         if request.method == "PUT":
@@ -401,6 +422,63 @@ class FastLane:
                 connection.done_waiting()
 
         self._start(finish())
+
+    def _batch_get(self, connection: _Connection, request: _Request, bucket: str,
+                   admitted: bool) -> object:
+        """A batch get in a reader process (handlers/batch.py answers it in the
+        primary): checked as the full stack checks it, looked up before anything is
+        read (what a reader cannot answer goes to the primary), read in one merged
+        plan, answered whole in one writev."""
+        app = self.app
+        inflight = app[INFLIGHT]
+        if not admitted and inflight.count >= app[SETTINGS].inflight_requests_max:
+            return _HAND_OVER  # the primary answers 503 SlowDown
+        store = cast(Replica, app[STORE])  # only readers parse batch gets in the lane
+        started = time.perf_counter()
+        request_id = app[REQUEST_IDS].next()
+        headers = CIMultiDict(request.headers)
+        try:
+            identity = identify(app[VERIFIER], app[SETTINGS], "POST", request.path,
+                                request.query, headers, _query_names(request.query),
+                                bucket, "batch_get_objects", unquote(request.path))
+            if identity is None:
+                return _HAND_OVER  # anonymous, of a public-read bucket: the primary
+            decoder = open_body(identity, headers)
+            body = decoder.feed(request.body)
+            decoder.finish()
+            items = batch.get_items(body, bucket, store.limits)
+            lookup = store.plan_batch(bucket, items)
+        except NotServedHere:
+            return _HAND_OVER
+        except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+            self._fail(connection, request, exc, bucket, "", request_id,
+                       "batch_get_objects", started)
+            return None
+        inflight.count += 1
+        connection.busy = True
+
+        async def finish() -> None:
+            try:
+                results = await read_batch(store, items, lookup)
+                pieces: list[bytes | memoryview] = [
+                    wire.stream_header(wire.Kind.GET_RESPONSE)]
+                batch.encode_results(pieces, results)
+                pieces.append(wire.end_frame(len(items)))
+                size = sum(len(piece) for piece in pieces)
+                head = self._head(200, [("Content-Type", wire.CONTENT_TYPE)], size,
+                                  request_id)
+                connection.send_pieces(head, pieces)
+                self.served += 1
+                self._count("batch_get_objects", 200, started, size, len(request.body))
+            except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+                self._fail(connection, request, exc, bucket, "", request_id,
+                           "batch_get_objects", started)
+            finally:
+                inflight.count -= 1
+                connection.done_waiting()
+
+        self._start(finish())
+        return None
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -572,6 +650,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             # One buffer, one send: joining costs less than a second iovec.
             self.transport.write(head + body if body else head)
+
+    def send_pieces(self, head: bytes, pieces: list[bytes | memoryview]) -> None:
+        """A head and a body in pieces, in one writev (the pieces are not joined)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines([head, *pieces])
 
     def done_waiting(self) -> None:
         self.busy = False

@@ -18,6 +18,7 @@ from petrel.errors import InvalidArgument, NoSuchKey, PetrelError
 from petrel.model import GetItem, GetResult, resolve_range
 
 if TYPE_CHECKING:
+    from petrel.replica import Replica
     from petrel.store import Store
 
 
@@ -62,7 +63,20 @@ def plan_runs(wants: list[_Want], gap_bytes: int, run_bytes_max: int) -> list[Ru
     return runs
 
 
-async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
+@dataclass(slots=True)
+class Lookup:
+    """A batch after its index lookup, before any record is read: the records to read
+    (`wants`), the large objects (`large`, positions), and the results known already
+    (missing keys and buckets, bad keys) in request order."""
+
+    requested: list[GetItem]
+    results: list[GetResult | None]
+    wants: list[_Want]
+    large: list[int]
+
+
+def look_up(store: Store | Replica, items: Sequence[GetItem]) -> Lookup:
+    """One index multi-get for the whole batch."""
     requested = list(items)
     results: list[GetResult | None] = [None] * len(requested)
     positions, keys, full_keys = _index_keys(store, requested, results)
@@ -81,6 +95,16 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
             large.append(position)
             continue
         wants.append(_Want(position, entry, full_key))
+    return Lookup(requested, results, wants, large)
+
+
+async def read_batch(store: Store | Replica, items: Sequence[GetItem],
+                     lookup: Lookup | None = None) -> list[GetResult]:
+    """Results in request order; `lookup` when `look_up` was already called."""
+    if lookup is None:
+        lookup = look_up(store, items)
+    requested, results, wants, large = lookup.requested, lookup.results, lookup.wants, \
+        lookup.large
     runs = plan_runs(wants, store.config.read_merge_gap_bytes,
                      store.config.read_merge_bytes_max)
     remote: list[Run] = []
@@ -105,7 +129,7 @@ async def read_batch(store: Store, items: Sequence[GetItem]) -> list[GetResult]:
     return done
 
 
-def _index_keys(store: Store, requested: list[GetItem], results: list[GetResult | None]
+def _index_keys(store: Store | Replica, requested: list[GetItem], results: list[GetResult | None]
                 ) -> tuple[list[int], list[bytes], list[bytes]]:
     """(positions, index keys, b"bucket/key" record keys) of the items that name an
     existing bucket and a valid key; the others get their error in `results`."""
@@ -138,7 +162,7 @@ def _index_keys(store: Store, requested: list[GetItem], results: list[GetResult 
     return positions, keys, full_keys
 
 
-async def _read_remote(store: Store, requested: list[GetItem],
+async def _read_remote(store: Store | Replica, requested: list[GetItem],
                        results: list[GetResult | None], remote: list[Run]) -> None:
     """One ranged GET per run, the runs spread over the I/O pool's threads: each thread
     takes its share in one hand-off (a hand-off per run costs more than a cached read)."""
@@ -165,7 +189,7 @@ async def _read_remote(store: Store, requested: list[GetItem],
             _finish_run(store, requested, results, run, fetched, 0)
 
 
-def _get_runs(store: Store, runs: list[Run]) -> list[bytes | BaseException]:
+def _get_runs(store: Store | Replica, runs: list[Run]) -> list[bytes | BaseException]:
     """In a worker thread: each run's bytes, or the exception reading it raised."""
     out: list[bytes | BaseException] = []
     for run in runs:
@@ -177,7 +201,7 @@ def _get_runs(store: Store, runs: list[Run]) -> list[bytes | BaseException]:
     return out
 
 
-async def _read_each(store: Store, requested: list[GetItem],
+async def _read_each(store: Store | Replica, requested: list[GetItem],
                      results: list[GetResult | None], run: Run) -> None:
     for want in run.wants:
         item = requested[want.position]
@@ -189,7 +213,7 @@ async def _read_each(store: Store, requested: list[GetItem],
         _finish(item, results, want.position, want.entry, payload)
 
 
-def _finish_run(store: Store, requested: list[GetItem], results: list[GetResult | None],
+def _finish_run(store: Store | Replica, requested: list[GetItem], results: list[GetResult | None],
                 run: Run, data: bytes | bytearray | mmap.mmap, base: int) -> None:
     """Verify and slice the run's records; `base` is where the run starts in `data`."""
     check = store._check_payload

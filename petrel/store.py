@@ -51,6 +51,7 @@ from petrel.errors import (
     PetrelError,
     TooManyItems,
 )
+from petrel.limits import Limits
 from petrel.model import (
     BucketInfo,
     ByteRange,
@@ -86,6 +87,16 @@ def check_bucket_name(name: str) -> None:
     if (not _BUCKET_NAME.fullmatch(name) or ".." in name or _IP_ADDRESS.fullmatch(name)
             or ".-" in name or "-." in name):
         raise InvalidBucketName(f"invalid bucket name {name!r}", resource=name)
+
+
+def check_key(key: str, limits: Limits) -> bytes:
+    """The key's bytes; raises InvalidArgument (empty), KeyTooLongError."""
+    raw = key.encode("utf-8", errors="strict")
+    if not raw:
+        raise InvalidArgument("object key must not be empty")
+    if len(raw) > limits.key_bytes_max:
+        raise KeyTooLongError(resource=key)
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +305,7 @@ class Store:
         return row
 
     def _key(self, key: str) -> bytes:
-        raw = key.encode("utf-8", errors="strict")
-        if not raw:
-            raise InvalidArgument("object key must not be empty")
-        if len(raw) > self.limits.key_bytes_max:
-            raise KeyTooLongError(resource=key)
-        return raw
+        return check_key(key, self.limits)
 
     def _meta(self, meta: fmt.ObjectMeta) -> bytes:
         if len(meta.content_type.encode()) > self.limits.content_type_bytes_max:

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractStreamWriter
 from petrel import wire
 from petrel.errors import MalformedBatch, NoSuchKey, PetrelError, TooManyItems
 from petrel.format import ObjectMeta
+from petrel.limits import Limits
 from petrel.model import ByteRange, GetItem, GetResult, ObjectInfo, PutItem
 from petrel_gateway.handlers.base import Call
 
@@ -43,9 +44,8 @@ WINDOW_ITEMS = 64
 RESPONSE_BUFFER_BYTES = 16 * 1024 * 1024
 
 
-def _request_bytes_max(call: Call, with_data: bool) -> int:
+def request_bytes_max(limits: Limits, with_data: bool) -> int:
     """The largest well-formed request body: every item at its limits."""
-    limits = call.store.limits
     per_item = wire.FRAME_HEADER_BYTES + limits.key_bytes_max + \
         max(16, limits.content_type_bytes_max)
     framing = wire.STREAM_HEADER_BYTES + limits.batch_items_max * per_item + 64
@@ -67,8 +67,8 @@ def _stream_response() -> web.StreamResponse:
 
 
 async def batch_get_objects(call: Call) -> web.StreamResponse:
-    body = await call.read_body(_request_bytes_max(call, with_data=False))
-    items = _get_items(body, call)
+    body = await call.read_body(request_bytes_max(call.store.limits, with_data=False))
+    items = get_items(body, call.bucket, call.store.limits)
     call.store.head_bucket(call.bucket)  # a missing bucket fails the whole request
     # Frames not sent yet, joined once per write: each payload is copied once here.
     pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
@@ -77,7 +77,7 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
     try:
         for start in range(0, len(items), WINDOW_ITEMS):
             window = await call.store.get_objects(items[start : start + WINDOW_ITEMS])
-            held += _encode_window(pieces, window)
+            held += encode_results(pieces, window)
             if held >= RESPONSE_BUFFER_BYTES and start + WINDOW_ITEMS < len(items):
                 if response is None:
                     response = _stream_response()
@@ -137,18 +137,18 @@ class _Pieces(payload.Payload):
         await self.write(writer)
 
 
-def _get_items(body: bytes, call: Call) -> list[GetItem]:
-    items_max = call.store.limits.batch_items_max
+def get_items(body: bytes, bucket: str, limits: Limits) -> list[GetItem]:
+    """The items of a batch get request body. Raises MalformedBatch, TooManyItems."""
+    items_max = limits.batch_items_max
     wanted = wire.decode_get_request(body, items_max=items_max + 1)
     if len(wanted) > items_max:
         raise TooManyItems(f"at most {items_max} items per batch")
-    bucket = call.bucket
     return [GetItem(bucket, key, None) if byte_range is None
             else GetItem(bucket, key, ByteRange(byte_range[0], byte_range[1]))
             for key, byte_range in wanted]
 
 
-def _encode_window(pieces: list[bytes | memoryview], results: list[GetResult]) -> int:
+def encode_results(pieces: list[bytes | memoryview], results: list[GetResult]) -> int:
     """Append one frame per result to `pieces`, in order; returns the payload bytes
     added."""
     add_found = wire.add_found
@@ -179,7 +179,7 @@ def _add_failure(pieces: list[bytes | memoryview], result: GetResult) -> None:
 
 
 async def batch_put_objects(call: Call) -> web.StreamResponse:
-    body = await call.read_body(_request_bytes_max(call, with_data=True))
+    body = await call.read_body(request_bytes_max(call.store.limits, with_data=True))
     frames = _decode(body, wire.Kind.PUT_REQUEST, call)
     call.store.head_bucket(call.bucket)
     items: list[PutItem] = []
