@@ -400,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default="", help="comma-separated KiB, e.g. 10")
     parser.add_argument("--work-dir", default="", help="data directory (default: a tmp dir)")
     parser.add_argument("--out", default="bench/results", help="results directory")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="petrel serve --processes (default 0: one per core)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -415,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     servers: list[Server] = []
     results: list[SizeResult] = []
     try:
-        petrel = start_petrel("petrel", os.path.join(work, "petrel"), "batch", CREDS, work)
+        petrel = start_petrel("petrel", os.path.join(work, "petrel"), "batch", CREDS, work,
+                              args.processes)
         servers.append(petrel)
         weed = start_seaweedfs("seaweedfs", os.path.join(work, "weed"), CREDS, work)
         servers.append(weed)
@@ -438,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     date = datetime.date.today().isoformat()
     meta = {"date": date, "quick": args.quick, "command": command, "machine": machine,
             "wall_s": time.monotonic() - started, "load_end": load_average()}
+    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"loader-{date}{'-quick' if args.quick else ''}")
     with open(stem + ".md", "w", encoding="utf-8") as handle:
         handle.write(markdown(results, meta))
