@@ -7,6 +7,7 @@ attached to the first byte of its message.
 
     reader -> primary   HAND_OVER  descriptor + the bytes received and not answered
                         SAMPLES    the reader's request metrics (reply to COLLECT)
+                        TOUCHED    read-cache blocks the reader read (for the LRU)
     primary -> reader   COLLECT    metrics, please
                         SETTINGS   reloaded settings (pickled GatewaySettings)
 """
@@ -20,7 +21,7 @@ import struct
 import threading
 import types
 
-HAND_OVER, SAMPLES, COLLECT, SETTINGS = b"H", b"R", b"M", b"S"
+HAND_OVER, SAMPLES, TOUCHED, COLLECT, SETTINGS = b"H", b"R", b"T", b"M", b"S"
 _HEADER = struct.Struct(">cI")
 # A payload larger than this is a bug on the other side, not a message.
 _PAYLOAD_BYTES_MAX = 64 * 1024 * 1024

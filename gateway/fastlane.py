@@ -39,10 +39,10 @@ from multidict import CIMultiDict
 
 from petrel import wire
 from petrel.batchread import read_batch
-from petrel.errors import PetrelError, RequestTimeout
+from petrel.errors import NotServedHere, PetrelError, RequestTimeout
 from petrel.format import FLAG_LARGE
 from petrel.model import ByteRange
-from petrel.replica import NotServedHere, Replica
+from petrel.replica import Replica
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
@@ -87,12 +87,13 @@ _BATCH_GET_QUERIES = frozenset({"batch-get", "batch-get="})
 
 
 class _Request:
-    __slots__ = ("body", "body_length", "headers", "method", "path", "query")
+    __slots__ = ("body", "body_length", "headers", "method", "path", "query", "raw")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str],
-                 body: bytes, body_length: int) -> None:
+                 body: bytes, body_length: int, raw: bytes) -> None:
         self.method, self.path, self.query, self.headers = method, path, query, headers
         self.body, self.body_length = body, body_length
+        self.raw = raw  # the bytes it came in: what a reader hands on if it must
 
     @property
     def complete(self) -> bool:
@@ -158,7 +159,7 @@ def parse_head(data: bytes, body_bytes_max: int, batch_bytes_max: int = 0
         for part in query.split("&"):
             if part.partition("=")[0] not in _LANE_QUERY:
                 return None
-    return _Request(method, path, query, headers, body, body_length)
+    return _Request(method, path, query, headers, body, body_length, data)
 
 
 class _DateHeader:
@@ -470,6 +471,8 @@ class FastLane:
                 connection.send_pieces(head, pieces)
                 self.served += 1
                 self._count("batch_get_objects", 200, started, size, len(request.body))
+            except NotServedHere:  # bytes planned for went meanwhile (a cache eviction)
+                connection.hand_over_busy(request.raw)
             except Exception as exc:  # noqa: BLE001 - answered as S3 errors
                 self._fail(connection, request, exc, bucket, "", request_id,
                            "batch_get_objects", started)
@@ -503,6 +506,8 @@ class FastLane:
                                      (stream.body, stream.start), request_id)
                 self._count(operation, 206 if byte_range is not None else 200, started,
                             sent)
+            except NotServedHere:  # a reader, and the bytes went meanwhile
+                connection.hand_over_busy(request.raw)
             except Exception as exc:  # noqa: BLE001 - answered as S3 errors
                 self._fail(connection, request, exc, located.info.bucket, located.info.key,
                            request_id, operation, started)
@@ -669,6 +674,12 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def hand_over_busy(self, data: bytes) -> None:
+        """Hand over a connection whose request (`data`) is being answered and has
+        written nothing yet, with whatever the client sent behind it."""
+        pending, self.pending = self.pending, b""
+        self.hand_over(data + pending)
 
     def hand_over(self, data: bytes) -> None:
         """From now on aiohttp's protocol owns this connection; `data` (everything

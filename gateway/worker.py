@@ -41,6 +41,8 @@ log = logging.getLogger("petrel.worker")
 
 # How often a connection handed on waits for its last answer to leave the socket.
 _DRAIN_POLL_S = 0.001
+# How often read-cache blocks read here are reported to the primary.
+_TOUCHED_EVERY_S = 1.0
 
 
 def build_worker_app(settings: Any, replica: Replica) -> web.Application:
@@ -103,6 +105,18 @@ class _Reader:
             elif kind == ch.SETTINGS:
                 self.loop.call_soon_threadsafe(self._reconfigure, app, pickle.loads(payload))
 
+    def _report_touched(self, replica: Replica) -> None:
+        """Every second: the read-cache blocks read here, so that the primary's LRU
+        keeps what readers read and its hit count includes theirs."""
+        blocks, hits = replica.backend.take_touched()
+        if hits:
+            try:
+                self.link.send(ch.TOUCHED, pickle.dumps((blocks, hits)))
+            except ch.ChannelClosed:
+                return
+        if not self.stop.is_set():
+            self.loop.call_later(_TOUCHED_EVERY_S, self._report_touched, replica)
+
     def _reconfigure(self, app: web.Application, settings: Any) -> None:
         changes = reconfigure(app, settings)
         if changes:
@@ -121,6 +135,7 @@ class _Reader:
         server = await self.loop.create_server(lane, host, port, reuse_port=True)
         threading.Thread(target=self.listen, args=(app,), name="petrel-channel",
                          daemon=True).start()
+        self._report_touched(replica)
         log.info("reader %d (pid %d) serving GET and HEAD on %s:%d", self.number,
                  os.getpid(), host, port)
         await self.stop.wait()

@@ -53,7 +53,7 @@ class _Reader:
 class Workers:
     """Reader processes 1..count-1 beside this (primary) process."""
 
-    def __init__(self, lane: FastLane, settings: Any, store_config: Any, kv: Any,
+    def __init__(self, lane: FastLane, settings: Any, store_config: Any, store: Any,
                  port: int, processes: int) -> None:
         self.lane = lane
         self.settings = settings
@@ -70,7 +70,8 @@ class Workers:
         os.makedirs(directory)
         # Bumped after every index write: readers catch up when it moves.
         self.generation = Generation(os.path.join(directory, "generation"), create=True)
-        kv.after_write = self.generation.bump
+        store.kv.after_write = self.generation.bump
+        self._store = store
 
     # ----- starting and watching ---------------------------------------------------
     def start(self) -> None:
@@ -142,6 +143,11 @@ class Workers:
             elif kind == ch.SAMPLES:
                 self._loop.call_soon_threadsafe(self._got_samples, reader,
                                                 pickle.loads(payload))
+            elif kind == ch.TOUCHED:
+                touch = getattr(self._store.backend, "touch", None)  # a CachedBackend's
+                if touch is not None:
+                    blocks, hits = pickle.loads(payload)
+                    touch(blocks, hits)
             elif fd is not None:
                 os.close(fd)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from petrel import format as fmt
 from petrel import index as ix
-from petrel.errors import InvalidArgument, NoSuchKey, PetrelError
+from petrel.errors import InvalidArgument, NoSuchKey, NotServedHere, PetrelError
 from petrel.model import GetItem, GetResult, resolve_range
 
 if TYPE_CHECKING:
@@ -180,6 +180,8 @@ async def _read_remote(store: Store | Replica, requested: list[GetItem],
             # its records one by one, so those still whole are served and those cut
             # off are reported (and counted) as corruption.
             await _read_each(store, requested, results, run)
+        elif isinstance(fetched, NotServedHere):
+            raise fetched  # a reader process: the primary answers the whole batch
         elif isinstance(fetched, BaseException):
             failure = fetched if isinstance(fetched, PetrelError) \
                 else PetrelError(str(fetched))

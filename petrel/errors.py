@@ -264,6 +264,11 @@ class EntityTooSmall(PetrelError):
     message = "Your proposed upload is smaller than the minimum allowed object size."
 
 
+class NotServedHere(Exception):
+    """A reader process cannot answer this read (petrel.replica); the primary must.
+    Not an S3 error: it never reaches a client."""
+
+
 def _all_subclasses(cls: type[PetrelError]) -> list[type[PetrelError]]:
     found: list[type[PetrelError]] = []
     for sub in cls.__subclasses__():

@@ -75,8 +75,8 @@ class RocksKV:
     `secondary`: open a read-only *secondary* instance of the index another process
     writes (reader processes, petrel_gateway.worker), keeping its own files under that
     directory; `catch_up` then brings it up to what the primary has written.
-    `after_write`, when set, is called after every write (the primary bumps the
-    generation readers watch: petrel.replica)."""
+    `after_write`, when set, is called with the keys of every write once it is
+    applied (the primary marks them for reader processes: petrel.replica)."""
 
     def __init__(self, path: str, *, cache_bytes: int = 256 * 1024 * 1024,
                  secondary: str | None = None) -> None:
@@ -128,7 +128,7 @@ class RocksKV:
         self._write_lock = threading.Lock()
         self._closed = False
         self._secondary = secondary is not None
-        self.after_write: Callable[[], None] | None = None
+        self.after_write: Callable[[list[bytes]], None] | None = None
 
     def catch_up(self) -> None:
         """A secondary instance: see what the primary has written until now (its WAL
@@ -170,7 +170,9 @@ class RocksKV:
         from rocksdict import WriteBatch
 
         batch = WriteBatch(raw_mode=True)
+        written: list[bytes] = []
         for key, value in ops:
+            written.append(key)
             if value is None:
                 batch.delete(key)
             else:
@@ -182,7 +184,7 @@ class RocksKV:
                     return False
             self._db.write(batch, self._write_sync if sync else self._write_async)
             if self.after_write is not None:
-                self.after_write()
+                self.after_write(written)
         return True
 
     def disk_bytes(self) -> int:

@@ -22,23 +22,41 @@ import logging
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
+
+import xxhash
 
 from petrel import format as fmt
 from petrel import index as ix
+from petrel.backends.cache import block_path
 from petrel.batchread import Lookup, look_up
-from petrel.errors import CorruptionError, InvalidArgument, NoSuchBucket, NoSuchKey, SlowDown
+from petrel.errors import (
+    CorruptionError,
+    InvalidArgument,
+    NoSuchBucket,
+    NoSuchKey,
+    NotServedHere,
+    SlowDown,
+)
 from petrel.model import ByteRange, GetItem, ObjectData, ObjectInfo, resolve_range
 from petrel.recovery import index_dir, segment_dir
-from petrel.segments import SealedFiles, local_segment_path
+from petrel.segments import NowaitReads, SealedFiles, local_segment_path
 from petrel.settings import StoreConfig
 from petrel.store import Located, ObjectStream, check_key, one_chunk
 
 log = logging.getLogger("petrel.replica")
 
 _GENERATION = struct.Struct("<Q")
+# Slots of the generation file (8 bytes each, 8 MiB in all): with a few thousand writes
+# a second, a reader that reads keys nobody writes catches up about once a second.
+_SLOTS = 1 << 20
+_SLOT_MASK = _SLOTS - 1
+_SLOTS_AT = _GENERATION.size
+_GENERATION_FILE_BYTES = _SLOTS_AT + _SLOTS * _GENERATION.size
+_slot_hash = xxhash.xxh3_64_intdigest
 # The most record bytes a reader answers in one batch get (it holds the answer whole);
 # the primary streams larger answers. The gateway's own whole-answer bound.
 BATCH_ANSWER_BYTES_MAX = 16 * 1024 * 1024
@@ -50,33 +68,50 @@ def replica_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "replicas")
 
 
-class NotServedHere(Exception):
-    """A reader cannot answer this read; the primary must."""
-
-
 class Generation:
-    """A counter in a shared file: the primary bumps it after every index write
-    (`create=True`, the file is reset to 0), readers compare it."""
+    """What the primary has written, shared through a file with reader processes: a
+    counter bumped after every index write, and for each of `_SLOTS` slots (index keys
+    hashed into them) the counter's value at the last write of a key of that slot.
+
+    A reader that caught up at generation G has every write bumped up to G. A key
+    whose slot still holds at most G was not written since: the reader's view of it is
+    current without catching up again (about 1-6 ms, growing with the primary's
+    unflushed WAL). A key whose slot moved may have been: the reader catches up. Keys
+    that share a slot cost a needless catch-up, never a stale answer. The primary
+    marks the slots and then bumps the counter, after the index write and before the
+    write is acknowledged.
+    """
 
     def __init__(self, path: str, *, create: bool) -> None:
         if create:
             with open(path, "wb") as file:
-                file.write(bytes(_GENERATION.size))
+                file.truncate(_GENERATION_FILE_BYTES)
         fd = os.open(path, os.O_RDWR if create else os.O_RDONLY)
         try:
-            self._map = mmap.mmap(fd, _GENERATION.size,
+            self._map = mmap.mmap(fd, _GENERATION_FILE_BYTES,
                                   access=mmap.ACCESS_WRITE if create else mmap.ACCESS_READ)
         finally:
             os.close(fd)
         self._value = _GENERATION.unpack_from(self._map, 0)[0]
 
-    def bump(self) -> None:
-        self._value += 1
-        _GENERATION.pack_into(self._map, 0, self._value)
+    def bump(self, keys: Sequence[bytes] = ()) -> None:
+        """The primary: `keys` were just written."""
+        value = self._value + 1
+        pack_into, table, hash_of = _GENERATION.pack_into, self._map, _slot_hash
+        for key in keys:
+            pack_into(table, _SLOTS_AT + (hash_of(key) & _SLOT_MASK) * 8, value)
+        self._value = value
+        pack_into(table, 0, value)
 
     def value(self) -> int:
         value: int = _GENERATION.unpack_from(self._map, 0)[0]
         return value
+
+    def written_since(self, key: bytes, generation: int) -> bool:
+        """Whether `key` may have been written after `generation`."""
+        at = _SLOTS_AT + (_slot_hash(key) & _SLOT_MASK) * 8
+        slot: int = _GENERATION.unpack_from(self._map, at)[0]
+        return slot > generation
 
     def close(self) -> None:
         self._map.close()
@@ -89,26 +124,134 @@ class _Rows:
     buckets: dict[str, fmt.BucketRow]
 
 
-class _LocalSegments:
-    """Ranged reads of segment files on local disk: the backend `petrel.batchread`
-    reads through for records not in the page cache (in worker threads)."""
+class _Segments:
+    """Where a reader finds a segment's bytes: its file on local disk (the active and
+    unsealed segments, and every sealed one of the local backend), else, with a remote
+    backend, the blocks of it the primary's read cache holds (petrel.backends.cache:
+    whole files, renamed into place, never rewritten). A byte range found in neither
+    raises NotServedHere: the primary fetches it. `get_range` is also the "backend"
+    petrel.batchread reads through in worker threads."""
 
-    def __init__(self, files: SealedFiles) -> None:
+    def __init__(self, files: SealedFiles, cache_dir: str | None, block_bytes: int,
+                 nowait: NowaitReads) -> None:
         self._files = files
+        self._cache_dir = cache_dir
+        self._block_bytes = block_bytes
+        self._nowait = nowait
+        # Segments with no local file: once uploaded and dropped, one never comes back.
+        self._remote: set[int] = set()
+        # Cache blocks read since `take_touched`, for the primary's LRU and hit count.
+        self._touched: set[tuple[str, int]] = set()
+        self._hits = 0
+
+    def take_touched(self) -> tuple[list[tuple[str, int]], int]:
+        """(blocks read, blocks read in all) since the last call."""
+        touched, self._touched = self._touched, set()
+        hits, self._hits = self._hits, 0
+        return list(touched), hits
+
+    def _local(self, segment_id: int) -> BinaryIO | None:
+        if segment_id in self._remote:
+            return None
+        try:
+            return self._files.file(segment_id)
+        except FileNotFoundError:
+            if self._cache_dir is None:
+                raise NotServedHere("a segment that is not a local file") from None
+            self._remote.add(segment_id)
+            return None
+
+    def readable(self, segment_id: int) -> None:
+        """Raises NotServedHere unless the segment is a local file or may be cached."""
+        self._local(segment_id)
+
+    def _read_from(self, name: str, offset: int, length: int) -> None:
+        """Count blocks [offset, offset + length) of `name` as read from the cache."""
+        block = self._block_bytes
+        for index in range(offset // block, (offset + length - 1) // block + 1):
+            self._touched.add((name, index))
+            self._hits += 1
+
+    def _blocks(self, name: str, offset: int, length: int
+                ) -> Iterator[tuple[str, int, int]]:
+        """(block file, start in it, length) for each block [offset, offset + length)
+        falls in."""
+        assert self._cache_dir is not None
+        block = self._block_bytes
+        end = offset + length
+        for index in range(offset // block, (end - 1) // block + 1):
+            start = max(offset, index * block)
+            stop = min(end, (index + 1) * block)
+            yield block_path(self._cache_dir, name, index), start - index * block, stop - start
+
+    def check_cached(self, segment_id: int, offset: int, length: int) -> None:
+        """Raises NotServedHere if bytes a read needs are in neither place."""
+        if self._local(segment_id) is not None:
+            return
+        assert self._cache_dir is not None
+        name = fmt.segment_blob_name(segment_id)
+        block = self._block_bytes
+        for index in range(offset // block, (offset + length - 1) // block + 1):
+            if not os.path.exists(block_path(self._cache_dir, name, index)):
+                raise NotServedHere("a block the read cache does not hold")
+
+    def read_now(self, segment_id: int, offset: int, length: int) -> bytearray | None:
+        """The bytes if the page cache holds them all; None if reading them would wait
+        for the disk (read them with `get_range` in a thread). Raises NotServedHere."""
+        handle = self._local(segment_id)
+        if handle is not None:
+            return self._files.read_cached(segment_id, offset, length)
+        if not self._nowait.on:
+            return None
+        buffer = bytearray(length)
+        view = memoryview(buffer)
+        at = 0
+        for path, start, count in self._blocks(fmt.segment_blob_name(segment_id), offset,
+                                               length):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotServedHere("a block the read cache does not hold") from None
+            try:
+                piece = bytearray(count) if at or count != length else buffer
+                if not self._nowait.read(fd, piece, start):
+                    return None
+            finally:
+                os.close(fd)
+            if piece is not buffer:
+                view[at : at + count] = piece
+            at += count
+        self._read_from(fmt.segment_blob_name(segment_id), offset, length)
+        return buffer
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         segment_id = fmt.segment_id_from_blob_name(name)
         assert segment_id is not None
-        handle = self._files.file(segment_id)
-        try:
-            if offset + length > os.fstat(handle.fileno()).st_size:
-                raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
-            data = os.pread(handle.fileno(), length, offset)
-        except OSError as exc:  # closed under us by an eviction from the handle cache
-            raise SlowDown(f"segment read interrupted ({exc}); retry") from exc
-        if len(data) != length:
-            raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
-        return data
+        handle = self._local(segment_id)
+        if handle is not None:
+            return _pread_exactly(handle.fileno(), offset, length, name)
+        pieces = []
+        for path, start, count in self._blocks(name, offset, length):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotServedHere("a block the read cache does not hold") from None
+            try:
+                pieces.append(_pread_exactly(fd, start, count, name))
+            finally:
+                os.close(fd)
+        self._read_from(name, offset, length)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _pread_exactly(fd: int, offset: int, length: int, name: str) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:  # closed under us by an eviction from the handle cache
+        raise SlowDown(f"segment read interrupted ({exc}); retry") from exc
+    if len(data) != length:
+        raise InvalidArgument(f"range {offset}+{length} runs past the end of {name}")
+    return data
 
 
 class Replica:
@@ -132,10 +275,14 @@ class Replica:
         self._seen = -1
         self._segment_dir = segment_dir(data_dir)
         # Sealed segments of the local backend live under <data>/blobs; a remote
-        # backend's are read by the primary (through its read cache).
+        # backend's, once uploaded, in the primary's read cache (or not at all here).
         self._blob_root = os.path.join(data_dir, "blobs") if config.backend is None else None
+        cache_dir = os.path.join(data_dir, "cache") \
+            if config.backend is not None and config.read_cache_bytes_max else None
         self._files = SealedFiles(self._path_of, config.open_files_max)
-        self.backend = _LocalSegments(self._files)
+        self.backend = self._segments = _Segments(
+            self._files, cache_dir, config.read_cache_block_bytes,
+            NowaitReads("the read cache"))
         self.io_pool = ThreadPoolExecutor(config.io_threads,
                                           thread_name_prefix="petrel-replica-io")
         self.catch_ups = 0
@@ -148,12 +295,19 @@ class Replica:
         self._generation.close()
 
     # ----- the index ---------------------------------------------------------------
-    def refresh(self) -> None:
-        """Catch up with the primary if it wrote since the last catch-up. Raises
-        NotServedHere if the catch-up fails (the primary answers meanwhile)."""
+    def refresh(self, *keys: bytes) -> None:
+        """Make this view current for the index `keys` (for every key when none are
+        given): catch up with the primary if it may have written one of them since the
+        last catch-up. Raises NotServedHere if the catch-up fails (the primary answers
+        meanwhile)."""
         generation = self._generation.value()
         if generation == self._seen:
             return
+        if keys:
+            since = self._generation.written_since
+            seen = self._seen
+            if not any(since(key, seen) for key in keys):
+                return
         try:
             self.kv.catch_up()
             self.applier.buckets = {b.name: b.row for b in self.index.buckets()}
@@ -167,21 +321,20 @@ class Replica:
         """As `Store.locate_object`, as of the last acknowledged write. Raises
         NoSuchBucket, NoSuchKey, and NotServedHere for what only the primary reads: a
         large object, or a record in a segment that is not a local file."""
-        self.refresh()
+        self.refresh(ix.bucket_key(bucket))
         row = self._bucket(bucket)
         raw_key = key.encode()
         if not raw_key or len(raw_key) > self.limits.key_bytes_max:
             raise NotServedHere("a key the primary refuses")  # with the right error
-        value = self.kv.get(ix.object_key(row.bucket_id, raw_key))
+        index_key = ix.object_key(row.bucket_id, raw_key)
+        self.refresh(index_key)
+        value = self.kv.get(index_key)
         if value is None:
             raise NoSuchKey(resource=f"{bucket}/{key}")
         entry = fmt.decode_index_value(value)
         if entry.flags & fmt.FLAG_LARGE:
             raise NotServedHere("a large object")
-        try:
-            self._files.file(entry.location.segment_id)
-        except FileNotFoundError as exc:
-            raise NotServedHere("a segment that is not a local file") from exc
+        self._segments.readable(entry.location.segment_id)
         return Located(ObjectInfo.from_entry(bucket, key, entry), entry,
                        bucket.encode() + b"/" + raw_key)
 
@@ -200,24 +353,20 @@ class Replica:
         holding a large object or a record in a segment that is not a local file, or
         one whose records add up to more than BATCH_ANSWER_BYTES_MAX (answered in
         one piece here; the primary streams longer answers)."""
-        self.refresh()
-        self._bucket(bucket)
+        self.refresh(ix.bucket_key(bucket))
+        row = self._bucket(bucket)
+        prefix = ix.object_prefix(row.bucket_id)
+        self.refresh(*(prefix + item.key.encode() for item in items))
         lookup = look_up(self, items)
         if lookup.large:
             raise NotServedHere("a batch with a large object")
-        total = 0
-        segments: set[int] = set()
-        for want in lookup.wants:
-            location = want.entry.location
-            total += location.length
-            segments.add(location.segment_id)
+        total = sum(want.entry.location.length for want in lookup.wants)
         if total > BATCH_ANSWER_BYTES_MAX:
             raise NotServedHere("a batch answer to stream")
-        try:
-            for segment_id in segments:
-                self._files.file(segment_id)
-        except FileNotFoundError as exc:
-            raise NotServedHere("a segment that is not a local file") from exc
+        for want in lookup.wants:
+            location = want.entry.location
+            self._segments.check_cached(location.segment_id, location.offset,
+                                        location.length)
         return lookup
 
     async def get_object(self, bucket: str, key: str, byte_range: ByteRange | None = None
@@ -229,10 +378,10 @@ class Replica:
     def _read_local(self, location: fmt.Location) -> tuple[bytearray, int] | None:
         """As `Store._read_local`: the bytes when the page cache holds them all."""
         try:
-            data = self._files.read_cached(location.segment_id, location.offset,
+            data = self._segments.read_now(location.segment_id, location.offset,
                                            location.length)
-        except FileNotFoundError:
-            return None  # read by get_range, which then fails clearly
+        except FileNotFoundError as exc:  # deleted since the lookup: the index moved on
+            raise NotServedHere("a segment deleted since the lookup") from exc
         return None if data is None else (data, 0)
 
     async def _read_payload(self, entry: fmt.Entry, full_key: bytes) -> bytes:
@@ -257,15 +406,10 @@ class Replica:
         cache, verified; None when it must be read in a thread (`read_object`)."""
         entry = located.entry
         start, length = resolve_range(byte_range, entry.size)
-        location = entry.location
-        try:
-            data = self._files.read_cached(location.segment_id, location.offset,
-                                           location.length)
-        except FileNotFoundError as exc:
-            raise NotServedHere("the segment was deleted") from exc
-        if data is None:
+        local = self._read_local(entry.location)
+        if local is None:
             return None
-        payload = self._verified(data, located)
+        payload = self._verified(local[0], located)
         if start == 0 and length == entry.size:
             return payload, 0
         return payload[start : start + length], start
@@ -275,15 +419,7 @@ class Replica:
         """As `Store.read_object` for a packed object: one read in a worker thread."""
         entry = located.entry
         start, length = resolve_range(byte_range, entry.size)
-        location = entry.location
-        loop = asyncio.get_running_loop()
-        handle = self._files.file(location.segment_id)
-        try:
-            data = await loop.run_in_executor(self.io_pool, os.pread, handle.fileno(),
-                                              location.length, location.offset)
-        except OSError as exc:  # closed under us by an eviction from the handle cache
-            raise SlowDown(f"segment read interrupted ({exc}); retry") from exc
-        payload = self._verified(data, located)
+        payload = await self._read_payload(entry, located.full_key)
         body = payload if start == 0 and length == entry.size else \
             payload[start : start + length]
         return ObjectStream(located.info, start, length, one_chunk(body), body)

@@ -52,6 +52,14 @@ class CacheStats:
     blocks_cached: int
 
 
+def block_path(directory: str, name: str, index: int) -> str:
+    """Where block `index` of blob `name` is kept. A block file appears whole (written
+    aside, then renamed) and is never rewritten, only deleted: reader processes
+    (petrel.replica) read the cache through these paths."""
+    digest = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+    return os.path.join(directory, digest[:2], f"{digest}.{index}")
+
+
 class CachedBackend:
     """`inner`, with reads of blobs under `prefixes` cached on disk in blocks of
     `block_bytes`, at most `bytes_max` bytes in all (LRU)."""
@@ -143,6 +151,15 @@ class CachedBackend:
             self._hits += last - first + 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def touch(self, blocks: list[tuple[str, int]], hits: int) -> None:
+        """Blocks another process read from this cache's files (a gateway reader
+        process): most recently used now, and `hits` counted."""
+        with self._lock:
+            for key in blocks:
+                if key in self._blocks:
+                    self._blocks.move_to_end(key)
+            self._hits += hits
+
     def _read_nowait(self, path: str, buffer: bytearray, offset: int) -> bool:
         """Fill `buffer` from the block file `path` at `offset` if that needs no disk
         read."""
@@ -231,8 +248,7 @@ class CachedBackend:
                 found[block] = whole[lo:hi]
 
     def _path(self, name: str, index: int) -> str:
-        digest = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
-        return os.path.join(self.directory, digest[:2], f"{digest}.{index}")
+        return block_path(self.directory, name, index)
 
     def _load(self, name: str, index: int, start: int, end: int) -> bytes | None:
         """Bytes [start, end) of cached block `index`, or None if it is not cached."""

@@ -354,7 +354,21 @@ def _processes(options: ServeOptions, fields: dict[str, Any]) -> int:
         return int(processes)
     if fields.get("tls_cert_file") or not fields.get("fast_lane", True):
         return 1
-    return min(len(os.sched_getaffinity(0)), _AUTO_PROCESSES_MAX)
+    return max(1, min(usable_cores(), _AUTO_PROCESSES_MAX))
+
+
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota
+    (a container's CPU limit) rounded up."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(cpu_max, encoding="ascii") as handle:
+            quota, _, period = handle.read().strip().partition(" ")
+    except OSError:
+        return cores
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or not int(period):
+        return cores
+    return min(cores, -(-int(quota) // int(period)))
 
 
 def _tls_files(options: ServeOptions) -> tuple[str | None, str | None]:
@@ -480,7 +494,7 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     workers = None
     if settings.processes > 1:
         assert isinstance(site, FastSite)
-        workers = app[WORKERS] = Workers(site.lane, settings, store_config, app[STORE].kv,
+        workers = app[WORKERS] = Workers(site.lane, settings, store_config, app[STORE],
                                          site.port, settings.processes)
         workers.start()
         app[METRICS].watch_readers(workers.counts)

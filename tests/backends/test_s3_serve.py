@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,61 @@ def test_outage_through_the_gateway(tmp_path: Path, private_weed: SeaweedFS,
     gateway = start(tmp_path, fresh, weed, prefix)
     gateways.append(gateway)
     assert_reads(client_of(gateway), {**before, **during})
+
+
+def test_reader_processes_read_the_read_cache(tmp_path: Path, weed: SeaweedFS,
+                                              gateways: list[Gateway]) -> None:
+    """With an S3 backend, reader processes answer GETs of uploaded segments from the
+    blocks the primary's read cache holds: with the primary frozen (SIGSTOP), GETs on
+    new connections that land on a reader are answered, byte-identical."""
+    import signal
+
+    prefix = f"readers/{uuid.uuid4().hex}"
+    data_dir = tmp_path / "data"
+    config = tmp_path / "petrel.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    gateway = start_gateway(str(data_dir), "--config", str(config), "--processes", "3",
+                            "--access-key", GATEWAY_ACCESS_KEY,
+                            "--secret-key", GATEWAY_SECRET_KEY, *backend_args(weed, prefix),
+                            env=backend_env(), timeout_s=START_TIMEOUT_S)
+    gateways.append(gateway)
+    wait_until(lambda: gateway.log().count(") serving GET and HEAD") == 2, "the readers")
+    client = client_of(gateway)
+    client.create_bucket(Bucket="train")
+    objects = put_many(client, 40, seed=3, key_prefix="cached", large=False)
+    wait_until(lambda: local_segments(data_dir) == [] and backend_segments(weed, prefix),
+               "the segments to be uploaded")
+    assert_reads(client, objects)  # fetched into the primary's cache (readers hand over)
+    keys = sorted(objects)
+
+    def hits() -> float:
+        with urllib.request.urlopen(f"{gateway.endpoint}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("petrel_read_cache_hits_total "):
+                    return float(line.split()[1])
+        raise AssertionError("no petrel_read_cache_hits_total")
+
+    hits_before = hits()
+    os.kill(gateway.process.pid, signal.SIGSTOP)
+    answered = 0
+    try:
+        for attempt in range(24):
+            fresh = boto3.client("s3", endpoint_url=gateway.endpoint, region_name="us-east-1",
+                                 aws_access_key_id=GATEWAY_ACCESS_KEY,
+                                 aws_secret_access_key=GATEWAY_SECRET_KEY,
+                                 config=Config(s3={"addressing_style": "path"},
+                                               retries={"total_max_attempts": 1},
+                                               connect_timeout=0.5, read_timeout=0.5))
+            key = keys[attempt % len(keys)]
+            try:
+                body = fresh.get_object(Bucket="train", Key=key)["Body"].read()
+            except Exception:  # noqa: BLE001 - a connection the frozen primary holds
+                continue
+            assert body == objects[key]
+            answered += 1
+    finally:
+        os.kill(gateway.process.pid, signal.SIGCONT)
+    assert answered > 0
+    # The readers report the blocks they read: the primary's hit count includes them.
+    wait_until(lambda: hits() >= hits_before + answered, "the readers' cache hits")
+    assert_reads(client_of(gateway), objects)

@@ -1,5 +1,6 @@
 """The pieces under `petrel serve --processes N` that can be checked alone: the channel
-that carries connections between processes, and the sum of the processes' metrics."""
+that carries connections between processes, the sum of the processes' metrics, and
+the default number of processes."""
 
 from __future__ import annotations
 
@@ -71,3 +72,17 @@ def test_readers_metrics_are_added_to_the_primarys() -> None:
     assert "petrel_bytes_received_total 100.0" in lines
     # Each family once, whatever the readers sent.
     assert text.count("# TYPE petrel_requests_total counter") == 1
+
+
+def test_default_processes_follow_the_cpu_quota(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from petrel.cli.serve import usable_cores
+
+    cores = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 CPUs: two processes
+    assert usable_cores(str(quota)) == min(cores, 2)
+    quota.write_text("max 100000\n")
+    assert usable_cores(str(quota)) == cores
+    quota.write_text("garbage\n")
+    assert usable_cores(str(quota)) == cores
+    assert usable_cores(str(tmp_path / "absent")) == cores
