@@ -30,7 +30,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -46,6 +46,7 @@ from petrel.replica import Replica
 from petrel.store import Located
 from petrel_gateway import xml
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
+from petrel_gateway.auth import AuthResult
 from petrel_gateway.authn import VERIFIER, identify
 from petrel_gateway.chunked import open_body
 from petrel_gateway.context import QOS, SETTINGS, STORE
@@ -336,10 +337,7 @@ class FastLane:
         request_id = app[REQUEST_IDS].next()
         operation = _OPERATIONS[request.method]
         try:
-            identity = identify(app[VERIFIER], settings, request.method, request.path,
-                                request.query, request.headers,
-                                _query_names(request.query), bucket, operation,
-                                unquote(request.path))
+            identity = self._identify(request, request.headers, bucket, operation)
             admission = app[QOS].admit(identity.access_key_id if identity else None,
                                        bucket, 0)
         except Exception as exc:  # noqa: BLE001 - answered as S3 errors
@@ -371,6 +369,13 @@ class FastLane:
         self._count(operation, 206 if byte_range is not None else 200, started, sent)
         return None
 
+    def _identify(self, request: _Request, headers: Mapping[str, str], bucket: str,
+                  operation: str) -> AuthResult | None:
+        """authn.identify, as the full stack calls it for this request."""
+        return identify(self.app[VERIFIER], self.app[SETTINGS], request.method,
+                        request.path, request.query, headers, _query_names(request.query),
+                        bucket, operation, unquote(request.path))
+
     def _put(self, connection: _Connection, request: _Request, bucket: str,
              key: str) -> None:
         """PutObject of a packed object whose whole body is here: checked in the order
@@ -382,9 +387,7 @@ class FastLane:
         request_id = app[REQUEST_IDS].next()
         headers = CIMultiDict(request.headers)
         try:
-            identity = identify(app[VERIFIER], app[SETTINGS], "PUT", request.path,
-                                request.query, headers, _query_names(request.query),
-                                bucket, "put_object", unquote(request.path))
+            identity = self._identify(request, headers, bucket, "put_object")
             admission = app[QOS].admit(identity.access_key_id if identity else None,
                                        bucket, request.body_length)
         except Exception as exc:  # noqa: BLE001 - answered as S3 errors
@@ -439,9 +442,7 @@ class FastLane:
         request_id = app[REQUEST_IDS].next()
         headers = CIMultiDict(request.headers)
         try:
-            identity = identify(app[VERIFIER], app[SETTINGS], "POST", request.path,
-                                request.query, headers, _query_names(request.query),
-                                bucket, "batch_get_objects", unquote(request.path))
+            identity = self._identify(request, headers, bucket, "batch_get_objects")
             if identity is None:
                 return _HAND_OVER  # anonymous, of a public-read bucket: the primary
             decoder = open_body(identity, headers)

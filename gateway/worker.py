@@ -10,7 +10,8 @@ channel) and the connection is the primary's from then on.
 
 Its settings arrive pickled on stdin; FD is its end of the channel. It stops on
 SIGTERM (after draining its requests, as `petrel serve` does) and when the channel
-ends (the primary is gone); it ignores SIGINT, which the primary handles for the group.
+ends (the primary is gone); it ignores SIGINT and SIGHUP, which the primary handles for
+the group.
 """
 
 from __future__ import annotations
@@ -131,7 +132,10 @@ class _Reader:
                         pass_on=self.pass_on)
         app[METRICS].watch_fast_lane(lambda: (lane.served, lane.handed_over))
         self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        # The primary handles these for the group: a Ctrl-C, or a reload sent to every
+        # process by name (reloaded settings reach readers over the channel).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         server = await self.loop.create_server(lane, host, port, reuse_port=True)
         threading.Thread(target=self.listen, args=(app,), name="petrel-channel",
                          daemon=True).start()

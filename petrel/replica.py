@@ -36,7 +36,6 @@ from petrel.batchread import Lookup, look_up
 from petrel.errors import (
     CorruptionError,
     InvalidArgument,
-    NoSuchBucket,
     NoSuchKey,
     NotServedHere,
     SlowDown,
@@ -45,7 +44,7 @@ from petrel.model import ByteRange, GetItem, ObjectData, ObjectInfo, resolve_ran
 from petrel.recovery import index_dir, segment_dir
 from petrel.segments import NowaitReads, SealedFiles, local_segment_path
 from petrel.settings import StoreConfig
-from petrel.store import Located, ObjectStream, check_key, one_chunk
+from petrel.store import Located, ObjectStream, bucket_row, check_key, one_chunk
 
 log = logging.getLogger("petrel.replica")
 
@@ -339,10 +338,7 @@ class Replica:
                        bucket.encode() + b"/" + raw_key)
 
     def _bucket(self, name: str) -> fmt.BucketRow:
-        row = self.applier.buckets.get(name)
-        if row is None:
-            raise NoSuchBucket(resource=name)
-        return row
+        return bucket_row(self.applier.buckets, name)
 
     def _key(self, key: str) -> bytes:
         return check_key(key, self.limits)

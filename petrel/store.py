@@ -25,7 +25,14 @@ import mmap
 import os
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,6 +94,14 @@ def check_bucket_name(name: str) -> None:
     if (not _BUCKET_NAME.fullmatch(name) or ".." in name or _IP_ADDRESS.fullmatch(name)
             or ".-" in name or "-." in name):
         raise InvalidBucketName(f"invalid bucket name {name!r}", resource=name)
+
+
+def bucket_row(buckets: Mapping[str, fmt.BucketRow], name: str) -> fmt.BucketRow:
+    """The row of bucket `name`; raises NoSuchBucket."""
+    row = buckets.get(name)
+    if row is None:
+        raise NoSuchBucket(resource=name)
+    return row
 
 
 def check_key(key: str, limits: Limits) -> bytes:
@@ -299,10 +314,7 @@ class Store:
 
     # ----- validation --------------------------------------------------------------
     def _bucket(self, name: str) -> fmt.BucketRow:
-        row = self.applier.buckets.get(name)
-        if row is None:
-            raise NoSuchBucket(resource=name)
-        return row
+        return bucket_row(self.applier.buckets, name)
 
     def _key(self, key: str) -> bytes:
         return check_key(key, self.limits)
