@@ -9,7 +9,7 @@ are refused unless they only read a bucket configured public-read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Container, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -57,7 +57,7 @@ def authenticate(request: web.Request, settings: GatewaySettings, bucket: str | 
 
 def identify(verifier: SigV4Verifier, settings: GatewaySettings, method: str,
              raw_path: str, raw_query: str, headers: Mapping[str, str],
-             query_names: Collection[str], bucket: str | None, operation: str,
+             query_names: Container[str], bucket: str | None, operation: str,
              path: str) -> AuthResult | None:
     """Who sends this request: its verified SigV4 result, or None for an anonymous
     request that may proceed (a read of a public-read bucket). Raises the S3 auth

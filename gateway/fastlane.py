@@ -373,7 +373,7 @@ class FastLane:
                   operation: str) -> AuthResult | None:
         """authn.identify, as the full stack calls it for this request."""
         return identify(self.app[VERIFIER], self.app[SETTINGS], request.method,
-                        request.path, request.query, headers, _query_names(request.query),
+                        request.path, request.query, headers, _QueryNames(request.query),
                         bucket, operation, unquote(request.path))
 
     def _put(self, connection: _Connection, request: _Request, bucket: str,
@@ -571,10 +571,20 @@ class FastLane:
                                       received, sent)
 
 
-def _query_names(query: str) -> frozenset[str]:
-    if not query:
-        return frozenset()
-    return frozenset(part.partition("=")[0] for part in query.split("&"))
+class _QueryNames:
+    """The (raw) parameter names of a query string, for `in` tests only: cheaper than a
+    set when a request asks two or three questions of it."""
+
+    __slots__ = ("_query",)
+
+    def __init__(self, query: str) -> None:
+        self._query = f"&{query}&"
+
+    def __contains__(self, name: object) -> bool:
+        query = self._query
+        return f"&{name}=" in query or f"&{name}&" in query
+
+
 
 
 class _Connection(asyncio.Protocol):

@@ -63,6 +63,8 @@ class QosConfig:
     keys: Mapping[str, Limit] = field(default_factory=dict)
     buckets: Mapping[str, Limit] = field(default_factory=dict)
     burst_s: float = 1.0
+    # Whether any limit is set: asked on every request, computed once.
+    enabled: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.burst_s <= 0:
@@ -70,12 +72,10 @@ class QosConfig:
         if self.bucket_default.inflight_max or any(b.inflight_max
                                                    for b in self.buckets.values()):
             raise ValueError("inflight_max is a per access key limit, not per bucket")
-
-    @property
-    def enabled(self) -> bool:
-        return not (self.key_default.unlimited and self.bucket_default.unlimited
-                    and all(v.unlimited for v in self.keys.values())
-                    and all(v.unlimited for v in self.buckets.values()))
+        object.__setattr__(self, "enabled", not (
+            self.key_default.unlimited and self.bucket_default.unlimited
+            and all(v.unlimited for v in self.keys.values())
+            and all(v.unlimited for v in self.buckets.values())))
 
     def for_key(self, access_key: str) -> tuple[str, Limit]:
         """(metrics label, limit): a configured key is named, others are "*"."""

@@ -498,3 +498,12 @@ def test_credentials_validation_and_repr() -> None:
         CREDS.secret_for("nobody")
     with pytest.raises(ValueError):
         AuthLimits(presign_expires_s_max=8 * 24 * 3600)
+
+
+@given(st.lists(st.sampled_from(["%2F", "%2f", "%41", "%C3%A9", "%", "%4", "a", "/", "-",
+                                 "%25", "%2F%2F"]), max_size=12).map("".join))
+def test_parse_query_unquotes_as_urllib_does(text: str) -> None:
+    """The %2F shortcut in parse_query decodes exactly as urllib's unquote."""
+    from urllib.parse import unquote
+
+    assert parse_query(f"n={text}") == [("n", unquote(text, errors="surrogateescape"))]
