@@ -17,6 +17,7 @@ the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -70,13 +71,21 @@ class _Reader:
         self.stop = asyncio.Event()
         self.loop = asyncio.get_running_loop()
 
-    def pass_on(self, transport: asyncio.Transport, received: bytes) -> None:
+    def pass_on(self, transport: asyncio.Transport, received: bytes,
+                deadline: float | None = None) -> None:
         """Hand a connection to the primary once its last answer is written (the
-        primary must not write before it)."""
+        primary must not write before it); one whose client stops reading that answer
+        is closed after idle_connection_timeout_s, as an idle one would be."""
         if transport.is_closing():
             return
         if transport.get_write_buffer_size():
-            self.loop.call_later(_DRAIN_POLL_S, self.pass_on, transport, received)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.settings.idle_connection_timeout_s
+            if now > deadline:
+                transport.abort()
+                return
+            self.loop.call_later(_DRAIN_POLL_S, self.pass_on, transport, received, deadline)
             return
         sock = transport.get_extra_info("socket")
         try:
@@ -94,7 +103,8 @@ class _Reader:
             try:
                 kind, payload, fd = self.link.receive()
             except ch.ChannelClosed:
-                self.loop.call_soon_threadsafe(self.stop.set)
+                with contextlib.suppress(RuntimeError):  # the loop closed first: stopped
+                    self.loop.call_soon_threadsafe(self.stop.set)
                 return
             if fd is not None:
                 os.close(fd)
@@ -104,7 +114,11 @@ class _Reader:
                 except ch.ChannelClosed:
                     continue
             elif kind == ch.SETTINGS:
-                self.loop.call_soon_threadsafe(self._reconfigure, app, pickle.loads(payload))
+                try:
+                    self.loop.call_soon_threadsafe(self._reconfigure, app,
+                                                   pickle.loads(payload))
+                except RuntimeError:  # the loop is closed: stopping
+                    return
 
     def _report_touched(self, replica: Replica) -> None:
         """Every second: the read-cache blocks read here, so that the primary's LRU

@@ -138,18 +138,23 @@ class Workers:
                 kind, payload, fd = link.receive()
             except ch.ChannelClosed:
                 return
-            if kind == ch.HAND_OVER and fd is not None:
-                self._loop.call_soon_threadsafe(self._adopt, fd, payload)
-            elif kind == ch.SAMPLES:
-                self._loop.call_soon_threadsafe(self._got_samples, reader,
-                                                pickle.loads(payload))
-            elif kind == ch.TOUCHED:
-                touch = getattr(self._store.backend, "touch", None)  # a CachedBackend's
-                if touch is not None:
-                    blocks, hits = pickle.loads(payload)
-                    touch(blocks, hits)
-            elif fd is not None:
-                os.close(fd)
+            try:
+                if kind == ch.HAND_OVER and fd is not None:
+                    self._loop.call_soon_threadsafe(self._adopt, fd, payload)
+                    fd = None
+                elif kind == ch.SAMPLES:
+                    self._loop.call_soon_threadsafe(self._got_samples, reader,
+                                                    pickle.loads(payload))
+                elif kind == ch.TOUCHED:
+                    touch = getattr(self._store.backend, "touch", None)  # a CachedBackend's
+                    if touch is not None:
+                        blocks, hits = pickle.loads(payload)
+                        touch(blocks, hits)
+            except RuntimeError:  # the loop is closed: the gateway is stopping
+                return
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def _adopt(self, fd: int, received: bytes) -> None:
         self.handed_on += 1
