@@ -154,7 +154,7 @@ class _Reader:
         threading.Thread(target=self.listen, args=(app,), name="petrel-channel",
                          daemon=True).start()
         self._report_touched(replica)
-        log.info("reader %d (pid %d) serving GET and HEAD on %s:%d", self.number,
+        log.info("reader %d (pid %d) serving GET, HEAD and batch get on %s:%d", self.number,
                  os.getpid(), host, port)
         await self.stop.wait()
         app[INFLIGHT].draining = True  # new requests go to the primary meanwhile
