@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from petrel.replica import Generation, replica_dir
@@ -47,7 +48,9 @@ class _Reader:
         self.link: ch.Channel | None = None
         self.started = 0.0
         self.delay_s = _RESTART_DELAY_S
-        self.samples: asyncio.Future[Any] | None = None
+        # Scrapes waiting for this reader's metrics, oldest first: it answers each
+        # COLLECT once, in order, so replies pair with these (concurrent scrapes too).
+        self.waiting: deque[asyncio.Future[Any]] = deque()
 
 
 class Workers:
@@ -120,6 +123,7 @@ class Workers:
                           "again in %.1f s", reader.number, process.pid, process.returncode,
                           lived_s, reader.delay_s)
                 reader.process = None
+                reader.waiting.clear()  # its scrapes time out; the next process starts afresh
                 if reader.link is not None:
                     reader.link.close()
                     reader.link = None
@@ -163,8 +167,10 @@ class Workers:
         task.add_done_callback(_log_failure)
 
     def _got_samples(self, reader: _Reader, samples: Any) -> None:
-        if reader.samples is not None and not reader.samples.done():
-            reader.samples.set_result(samples)
+        if reader.waiting:
+            waiting = reader.waiting.popleft()
+            if not waiting.done():  # not given up on by its scrape
+                waiting.set_result(samples)
 
     async def samples(self) -> list[Any]:
         """Every live reader's request metrics (petrel_gateway.metrics.Metrics.samples);
@@ -173,12 +179,13 @@ class Workers:
         for reader in self.readers:
             if reader.link is None:
                 continue
-            reader.samples = self._loop.create_future()
+            waiting = self._loop.create_future()
             try:
                 reader.link.send(ch.COLLECT)
             except ch.ChannelClosed:
                 continue
-            waits.append(reader.samples)
+            reader.waiting.append(waiting)
+            waits.append(waiting)
         if not waits:
             return []
         done, _ = await asyncio.wait(waits, timeout=_COLLECT_TIMEOUT_S)

@@ -241,3 +241,20 @@ def test_batch_gets_are_answered_by_readers(multi, tmp_path) -> None:  # type: i
     finally:
         os.kill(multi.process.pid, signal.SIGCONT)
     assert answered > 0
+
+
+def test_concurrent_scrapes_each_count_every_process(multi) -> None:  # type: ignore[no-untyped-def]
+    """Scrapes at the same moment each get every reader's numbers (replies pair with
+    scrapes in order), so each counts every GET once."""
+    import concurrent.futures
+
+    client = make_client(multi.endpoint)
+    client.create_bucket(Bucket="scrapes")
+    client.put_object(Bucket="scrapes", Key="k", Body=b"v")
+    for _ in range(12):
+        assert _fresh(multi).get_object(Bucket="scrapes", Key="k")["Body"].read() == b"v"
+    expected = _metric(multi, "petrel_requests_total")  # settled: nothing runs now
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        # A scrape is a request too (not counted): each sees the same totals.
+        seen = list(pool.map(lambda _: _metric(multi, "petrel_requests_total"), range(6)))
+    assert seen == [expected] * 6
