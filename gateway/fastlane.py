@@ -123,7 +123,8 @@ def parse_head(data: bytes, body_bytes_max: int, batch_bytes_max: int = 0
         return None
     method, target, version = request_line
     if method not in _LANE_METHODS or version != "HTTP/1.1" or target[:1] != "/" \
-            or "#" in target or not target.isprintable():
+            or "#" in target or not target.isprintable() or \
+            (method == "POST" and not batch_bytes_max):
         return None
     headers: dict[str, str] = {}
     for line in text[line_end + 2 : -2].split("\r\n"):

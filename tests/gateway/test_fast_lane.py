@@ -33,6 +33,7 @@ from rawhttp import (
 
 from petrel.sigv4 import Signer
 from petrel.testing.gateway import Gateway, start_gateway, stop_gateway
+from petrel_gateway.fastlane import parse_head
 
 # Answers differ in these only.
 _PER_REQUEST = {"date", "x-amz-request-id", "x-amz-id-2"}
@@ -390,3 +391,16 @@ def test_a_slow_body_is_awaited_in_the_lane(lane_gateway: Gateway, s3, bucket: s
         assert _read_response(sock, "PUT").status == 200
     assert _counts(lane_gateway) == (served + 1, handed)
     assert s3.get_object(Bucket=bucket, Key="slow")["Body"].read() == body
+
+
+def test_only_readers_parse_batch_gets_in_the_lane() -> None:
+    """The primary leaves a batch get to aiohttp's handler; a reader process (given
+    the largest body) parses it in the lane. An empty body is no exception."""
+    for body in (b"", b"xyz"):
+        request = (b"POST /bkt?batch-get HTTP/1.1\r\nHost: h\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert parse_head(request, 1024) is None
+        parsed = parse_head(request, 1024, batch_bytes_max=4096)
+        assert parsed is not None and parsed.method == "POST" and parsed.body == body
+    other = b"POST /bkt?delete HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+    assert parse_head(other, 1024, batch_bytes_max=4096) is None
