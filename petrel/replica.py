@@ -3,16 +3,16 @@ processes (petrel_gateway.worker) answer GETs and HEADs from.
 
 One process, the primary, opens the store and makes every write. A reader opens the
 index as a RocksDB *secondary* instance and reads records straight from the segment
-files on local disk. S3 promises read-after-write, so before each lookup a reader
-compares the store's *generation* (a counter the primary bumps after every index
-write, in a shared 8-byte file) with the one it last caught up to; when it moved, the
-reader catches up with the primary (about 0.6 ms: RocksDB re-reads the MANIFEST and
-the WAL) and reloads the bucket rows. A write is acknowledged only after its index
-write and the bump, so a read that starts after the acknowledgement sees it.
+files on local disk, or from the primary's read-cache block files. S3 promises
+read-after-write, so before each lookup a reader asks the shared `Generation` whether
+a key it is about to read was written since its last catch-up; if so, it catches up
+with the primary (1-6 ms: RocksDB re-reads the MANIFEST and the WAL) and reloads the
+bucket rows. A write is acknowledged only after its keys are marked, so a read that
+starts after the acknowledgement sees it.
 
-What a reader cannot answer, it does not guess: a segment that is not a local file
-(uploaded to a remote backend and dropped), a large object, or an index catch-up that
-fails raise `NotServedHere`, and the gateway hands the request to the primary.
+What a reader cannot answer, it does not guess: a record in neither a local segment
+file nor the read cache, a large object, or an index catch-up that fails raise
+`NotServedHere`, and the gateway hands the request to the primary.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import mmap
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -31,7 +31,7 @@ import xxhash
 
 from petrel import format as fmt
 from petrel import index as ix
-from petrel.backends.cache import block_path
+from petrel.backends.cache import block_indexes, block_path, block_span, read_blocks_nowait
 from petrel.batchread import Lookup, look_up
 from petrel.errors import (
     CorruptionError,
@@ -166,32 +166,21 @@ class _Segments:
 
     def _read_from(self, name: str, offset: int, length: int) -> None:
         """Count blocks [offset, offset + length) of `name` as read from the cache."""
-        block = self._block_bytes
-        for index in range(offset // block, (offset + length - 1) // block + 1):
+        for index in block_indexes(self._block_bytes, offset, length):
             self._touched.add((name, index))
             self._hits += 1
 
-    def _blocks(self, name: str, offset: int, length: int
-                ) -> Iterator[tuple[str, int, int]]:
-        """(block file, start in it, length) for each block [offset, offset + length)
-        falls in."""
+    def _block_file(self, name: str, index: int) -> str:
         assert self._cache_dir is not None
-        block = self._block_bytes
-        end = offset + length
-        for index in range(offset // block, (end - 1) // block + 1):
-            start = max(offset, index * block)
-            stop = min(end, (index + 1) * block)
-            yield block_path(self._cache_dir, name, index), start - index * block, stop - start
+        return block_path(self._cache_dir, name, index)
 
     def check_cached(self, segment_id: int, offset: int, length: int) -> None:
         """Raises NotServedHere if bytes a read needs are in neither place."""
         if self._local(segment_id) is not None:
             return
-        assert self._cache_dir is not None
         name = fmt.segment_blob_name(segment_id)
-        block = self._block_bytes
-        for index in range(offset // block, (offset + length - 1) // block + 1):
-            if not os.path.exists(block_path(self._cache_dir, name, index)):
+        for index in block_indexes(self._block_bytes, offset, length):
+            if not os.path.exists(self._block_file(name, index)):
                 raise NotServedHere("a block the read cache does not hold")
 
     def read_now(self, segment_id: int, offset: int, length: int) -> bytearray | None:
@@ -202,26 +191,16 @@ class _Segments:
             return self._files.read_cached(segment_id, offset, length)
         if not self._nowait.on:
             return None
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        at = 0
-        for path, start, count in self._blocks(fmt.segment_blob_name(segment_id), offset,
-                                               length):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise NotServedHere("a block the read cache does not hold") from None
-            try:
-                piece = bytearray(count) if at or count != length else buffer
-                if not self._nowait.read(fd, piece, start):
-                    return None
-            finally:
-                os.close(fd)
-            if piece is not buffer:
-                view[at : at + count] = piece
-            at += count
-        self._read_from(fmt.segment_blob_name(segment_id), offset, length)
-        return buffer
+        assert self._cache_dir is not None
+        name = fmt.segment_blob_name(segment_id)
+        try:
+            data = read_blocks_nowait(self._nowait, self._cache_dir, self._block_bytes,
+                                      name, offset, length)
+        except FileNotFoundError:
+            raise NotServedHere("a block the read cache does not hold") from None
+        if data is not None:
+            self._read_from(name, offset, length)
+        return data
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         segment_id = fmt.segment_id_from_blob_name(name)
@@ -230,13 +209,14 @@ class _Segments:
         if handle is not None:
             return _pread_exactly(handle.fileno(), offset, length, name)
         pieces = []
-        for path, start, count in self._blocks(name, offset, length):
+        for index in block_indexes(self._block_bytes, offset, length):
+            start, end = block_span(self._block_bytes, index, offset, length)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(self._block_file(name, index), os.O_RDONLY)
             except FileNotFoundError:
                 raise NotServedHere("a block the read cache does not hold") from None
             try:
-                pieces.append(_pread_exactly(fd, start, count, name))
+                pieces.append(_pread_exactly(fd, start, end - start, name))
             finally:
                 os.close(fd)
         self._read_from(name, offset, length)
@@ -405,7 +385,7 @@ class Replica:
         local = self._read_local(entry.location)
         if local is None:
             return None
-        payload = self._verified(local[0], located)
+        payload = self._check_payload(local[0], 0, entry.location, located.full_key)
         if start == 0 and length == entry.size:
             return payload, 0
         return payload[start : start + length], start
@@ -419,9 +399,6 @@ class Replica:
         body = payload if start == 0 and length == entry.size else \
             payload[start : start + length]
         return ObjectStream(located.info, start, length, one_chunk(body), body)
-
-    def _verified(self, data: bytes | bytearray, located: Located) -> bytes:
-        return self._check_payload(data, 0, located.entry.location, located.full_key)
 
     def _check_payload(self, data: bytes | bytearray | mmap.mmap, offset: int,
                        location: fmt.Location, full_key: bytes) -> bytes:

@@ -46,7 +46,7 @@ class NowaitReads:
     def on(self) -> bool:
         return self.flag is not None
 
-    def read(self, fd: int, buffer: bytearray, offset: int) -> bool:
+    def read(self, fd: int, buffer: bytearray | memoryview, offset: int) -> bool:
         """Fill `buffer` from `fd` at `offset` if that needs no disk read; False if it
         would, or if the filesystem refuses such reads (off from then on)."""
         if self.flag is None:

@@ -60,6 +60,38 @@ def block_path(directory: str, name: str, index: int) -> str:
     return os.path.join(directory, digest[:2], f"{digest}.{index}")
 
 
+def block_indexes(block_bytes: int, offset: int, length: int) -> range:
+    """The blocks bytes [offset, offset + length) of a blob fall in (length > 0)."""
+    return range(offset // block_bytes, (offset + length - 1) // block_bytes + 1)
+
+
+def block_span(block_bytes: int, index: int, offset: int, length: int) -> tuple[int, int]:
+    """The part of block `index`, relative to its start, that bytes [offset,
+    offset + length) of the blob cover."""
+    base = index * block_bytes
+    return max(offset, base) - base, min(offset + length, base + block_bytes) - base
+
+
+def read_blocks_nowait(nowait: NowaitReads, directory: str, block_bytes: int, name: str,
+                       offset: int, length: int) -> bytearray | None:
+    """Bytes [offset, offset + length) of blob `name` from its block files under
+    `directory`, read into one buffer without waiting for the disk; None if a read
+    would wait. Raises FileNotFoundError for a block file that is not there."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    at = 0
+    for index in block_indexes(block_bytes, offset, length):
+        start, end = block_span(block_bytes, index, offset, length)
+        fd = os.open(block_path(directory, name, index), os.O_RDONLY)
+        try:
+            if not nowait.read(fd, view[at : at + end - start], start):
+                return None
+        finally:
+            os.close(fd)
+        at += end - start
+    return buffer
+
+
 class CachedBackend:
     """`inner`, with reads of blobs under `prefixes` cached on disk in blocks of
     `block_bytes`, at most `bytes_max` bytes in all (LRU)."""
@@ -138,18 +170,18 @@ class CachedBackend:
             for index in range(first, last + 1):
                 self._blocks.move_to_end((name, index))
             invalidations = self._invalidations
-        pieces: list[bytearray] = []
-        for index in range(first, last + 1):
-            start, end = self._span(index, offset, length)
-            piece = bytearray(end - start)
-            if not self._read_nowait(self._path(name, index), piece, start):
-                return None
-            pieces.append(piece)
+        try:
+            data = read_blocks_nowait(self._nowait, self.directory, self.block_bytes, name,
+                                      offset, length)
+        except FileNotFoundError:  # evicted since the lookup
+            return None
+        if data is None:
+            return None
         with self._lock:
             if invalidations != self._invalidations:  # a write or delete of it meanwhile
                 return None
             self._hits += last - first + 1
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return data
 
     def touch(self, blocks: list[tuple[str, int]], hits: int) -> None:
         """Blocks another process read from this cache's files (a gateway reader
@@ -160,23 +192,8 @@ class CachedBackend:
                     self._blocks.move_to_end(key)
             self._hits += hits
 
-    def _read_nowait(self, path: str, buffer: bytearray, offset: int) -> bool:
-        """Fill `buffer` from the block file `path` at `offset` if that needs no disk
-        read."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # evicted since the lookup
-            return False
-        try:
-            return self._nowait.read(fd, buffer, offset)
-        finally:
-            os.close(fd)
-
     def _span(self, index: int, offset: int, length: int) -> tuple[int, int]:
-        """The part of block `index`, relative to its start, that bytes [offset,
-        offset + length) of the blob cover."""
-        base = index * self.block_bytes
-        return max(offset, base) - base, min(offset + length, base + self.block_bytes) - base
+        return block_span(self.block_bytes, index, offset, length)
 
     def _read_blocks(self, name: str, first: int, last: int, size: int,
                      invalidations: int, offset: int, length: int) -> list[bytes]:
