@@ -42,6 +42,8 @@ FSYNC_BUCKET = "bench-fsync"
 # PUT URL lists are sized for this many PUT/s over a run (distinct keys; a faster server
 # wraps around to overwrites, and the report says so).
 PUT_RATE_CAP_PER_S = 10_000
+# With --fresh-signatures, GET URL lists are sized for this many GET/s over a run.
+GET_RATE_CAP_PER_S = 40_000
 SOAK_SIZE_BYTES = 10 * 1024
 RSS_INTERVAL_S = 5.0
 GENERATOR_CHECK_SIZE_BYTES = 10 * 1024  # also measured with the other -t value
@@ -124,6 +126,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="wrk threads for the main runs (2 cores: wrk and server share)")
     parser.add_argument("--count", type=int, help="objects uploaded per size for GETs")
+    parser.add_argument("--fresh-signatures", action="store_true",
+                        help="timed GET runs send every presigned URL once: the same "
+                             "objects, signed at a different X-Amz-Date each round (no "
+                             "server can reuse a verification; wraps counts any reuse)")
     parser.add_argument("--soak-seconds", type=int, help="mixed GET/PUT soak (0: none)")
     parser.add_argument("--soak-put-every", type=int, default=5,
                         help="soak: every Nth request is a PUT to a new key (1: PUTs only)")
@@ -172,6 +178,7 @@ class Bench:
         for path in (self.url_dir, self.log_dir):
             os.makedirs(path, exist_ok=True)
         self.put_runs = 0
+        self.fresh_runs = 0
         self.warmed: set[tuple[str, int, int]] = set()
 
     # ----- URL files -------------------------------------------------------------
@@ -183,6 +190,25 @@ class Bench:
         if not os.path.exists(path):
             keys = (urls.get_key(size, i) for i in range(self.args.count))
             urls.write_paths(path, self.presigner(server), "GET", bucket, keys)
+        return path
+
+    def fresh_get_file(self, server: Server, bucket: str, size: int) -> str:
+        """GET URLs for one timed run, each sent once: round r signs the `--count` keys
+        at X-Amz-Date r seconds earlier than the URLs of the run before, so no URL of
+        this file was sent before (the warm-up uses `get_file`'s)."""
+        self.fresh_runs += 1
+        rounds = -(-self.args.duration * GET_RATE_CAP_PER_S // self.args.count)
+        path = os.path.join(self.url_dir, f"{server.name}-{self.fresh_runs:03d}.fresh-get")
+        start = time.time() - 60
+        with open(path, "w", encoding="ascii") as handle:
+            for r in range(rounds):
+                signed_at = start - (self.fresh_runs * rounds + r)
+                presigner = urls.Presigner.create(
+                    f"{servers.HOST}:{server.port}", CREDS,
+                    time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at)))
+                for i in range(self.args.count):
+                    key = urls.get_key(size, i)
+                    handle.write(presigner.path("GET", bucket, key) + "\n")
         return path
 
     def put_file(self, server: Server, bucket: str, count: int) -> str:
@@ -205,6 +231,10 @@ class Bench:
             spec = LoadSpec("get", threads, args.connections, args.duration,
                             get_file=self.get_file(server, bucket, size))
             self.warm_up(server, size, spec)
+            if args.fresh_signatures:
+                spec = LoadSpec("get", threads, args.connections, args.duration,
+                                get_file=self.fresh_get_file(server, bucket, size),
+                                fresh_gets=True)
         else:
             put_file = self.put_file(server, bucket, self.put_count(args.duration))
             spec = LoadSpec("put", threads, args.connections, args.duration,
@@ -215,6 +245,8 @@ class Bench:
         disk_read = servers.disk_read_bytes(device) - disk_before
         if op == "PUT":
             os.unlink(spec.put_file)
+        elif spec.fresh_gets:
+            os.unlink(spec.get_file)
         measurement = Measurement(size, target, server.durability, op, threads,
                                   args.connections, servers.rss_bytes(server.pid), disk_read,
                                   result)

@@ -35,6 +35,7 @@ class LoadSpec:
     put_file: str = "-"
     body_bytes: int = 0
     put_every: int = 5  # mixed only
+    fresh_gets: bool = False  # get_file signs each request anew: a GET wrap is a reuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class WrkResult:
     errors_write: int
     errors_status: int  # non-2xx/3xx responses
     errors_timeout: int
-    wraps: int  # PUT key lists that ran out and started over (overwrites)
+    wraps: int  # URL lists that ran out and started over (PUT overwrites, fresh GET reuse)
     latency_ms_mean: float
     latency_ms_p50: float
     latency_ms_p90: float
@@ -85,7 +86,8 @@ def command_for(endpoint: str, spec: LoadSpec) -> list[str]:
     return [wrk_binary(), "-t", str(spec.threads), "-c", str(spec.connections),
             "-d", f"{spec.duration_s}s", "--timeout", f"{WRK_TIMEOUT_S}s", "--latency",
             "-s", WRK_LUA, endpoint, "--", spec.mode, str(spec.threads), spec.get_file,
-            spec.put_file, str(spec.body_bytes), str(spec.put_every)]
+            spec.put_file, str(spec.body_bytes), str(spec.put_every),
+            "1" if spec.fresh_gets else "0"]
 
 
 def parse_output(raw: str, command: str) -> WrkResult:

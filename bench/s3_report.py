@@ -291,7 +291,19 @@ def markdown(run: Run) -> str:
              f"size uploaded with boto3 beforehand (untimed); PUTs go to keys no run wrote "
              f"before. Wall time {run.wall_s / 60:.1f} min. MB = 10^6 bytes of object "
              "payload. Latencies are wrk's (closed loop: each connection waits for its "
-             "response).", "", "## Targets (from the issue)", ""]
+             "response).", ""]
+    if s.get("fresh_signatures"):
+        lines += ["GET URLs: `--fresh-signatures`, every timed GET carries a presigned URL "
+                  "sent once (the same objects signed at a different X-Amz-Date each round), "
+                  "so every server verifies every signature in full; a reuse would show as "
+                  "key wraps.", ""]
+    else:
+        lines += ["GET URLs: wrk cycles through one presigned URL per object, so each URL "
+                  "is sent many times; petrel's gateway remembers presigned requests it has "
+                  "verified (auth.VerifiedRequests) and only checks the clock when one comes "
+                  "again. `--fresh-signatures` measures every signature verified in full.",
+                  ""]
+    lines += ["## Targets (from the issue)", ""]
     lines += verdicts(run)
     lines += ["", "## Durability of each target", "",
               "- petrel-batch: `--durability batch`: group commit, the reply waits for the "

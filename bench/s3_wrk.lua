@@ -1,7 +1,7 @@
 -- wrk driver for bench/s3.py: presigned S3 GETs and PUTs, one URL per line in a file.
 --
 --   wrk -t T -c C -d D --latency -s bench/s3_wrk.lua http://HOST:PORT \
---       -- MODE THREADS GET_FILE PUT_FILE BODY_BYTES PUT_EVERY
+--       -- MODE THREADS GET_FILE PUT_FILE BODY_BYTES PUT_EVERY [FRESH]
 --
 -- MODE      get | put | mixed
 -- THREADS   the -t value again (a thread cannot see how many siblings it has)
@@ -9,6 +9,8 @@
 -- PUT_FILE  presigned PUT paths over distinct keys, or "-" for none
 -- BODY_BYTES  PUT body size; the body is one fixed string, so Content-Length matches it
 -- PUT_EVERY   mixed mode: every PUT_EVERY-th request of a thread is a PUT
+-- FRESH     1: the GET file holds a distinct signature per request; a thread that runs
+--           out of GET URLs (and so sends one again) counts it in `wraps` too
 --
 -- Thread k (1-based) takes lines k, k+T, k+2T, ... so no two threads PUT the same key.
 -- GET requests are formatted once in init (wrk sends the same bytes each time round);
@@ -48,6 +50,7 @@ function init(args)
    local nthreads = tonumber(args[2])
    local body_bytes = tonumber(args[5])
    put_every = tonumber(args[6])
+   fresh_gets = args[7] == "1"
    gets = {}
    for _, path in ipairs(read_lines(args[3], id, nthreads)) do
       table.insert(gets, wrk.format("GET", path))
@@ -62,6 +65,9 @@ end
 
 local function next_get()
    get_index = get_index % #gets + 1
+   if fresh_gets and get_index == 1 and sent > 1 then
+      wraps = wraps + 1
+   end
    return gets[get_index]
 end
 

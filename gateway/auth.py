@@ -122,6 +122,9 @@ class AuthLimits:
     signing_key_cache_entries_max: int = 256
     # SignedHeaders entries; botocore signs ~10, a request has at most ~100 headers.
     signed_headers_max: int = 128
+    # Presigned requests remembered as verified (VerifiedRequests); 0 turns it off.
+    # About 1 KiB each (the URL and headers are the key).
+    verified_requests_max: int = 16384
 
     def __post_init__(self) -> None:
         if not 0 <= self.clock_skew_s_max <= 24 * 3600:
@@ -130,6 +133,8 @@ class AuthLimits:
             raise ValueError(f"presign_expires_s_max={self.presign_expires_s_max} invalid")
         if self.signing_key_cache_entries_max < 1 or self.signed_headers_max < 1:
             raise ValueError("signing_key_cache_entries_max and signed_headers_max must be >= 1")
+        if self.verified_requests_max < 0:
+            raise ValueError(f"verified_requests_max={self.verified_requests_max} < 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +278,49 @@ class SigningKeyCache:
         if len(self._keys) > self._entries_max:
             self._keys.popitem(last=False)
         return key
+
+
+class VerifiedRequests:
+    """Presigned requests already verified, so that a URL used again is not verified
+    again from scratch: a bounded LRU map from everything a verification reads (method,
+    raw path, raw query, every header name and value) to its claim and result.
+
+    A presigned URL is a bearer token that many requests may carry until it expires
+    (a manifest of URLs read every epoch; the same URL fetched by many workers). Only
+    successes are kept, so an entry is a request that verified; a request differing in
+    any byte of its line or headers is a different key and is verified in full. What an
+    entry cannot settle, the time, is checked on every hit (`SigV4Verifier._check_time`),
+    and replacing the credentials empties the map. Header-signed requests are not kept:
+    each carries its own timestamp and signature, so they would only evict. Not
+    thread-safe (the gateway verifies on its event loop)."""
+
+    def __init__(self, entries_max: int) -> None:
+        self._entries_max = entries_max
+        self._entries: OrderedDict[tuple[object, ...], tuple[_Claim, AuthResult]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, slot: tuple[object, ...]) -> tuple[_Claim, AuthResult] | None:
+        found = self._entries.get(slot)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(slot)
+        return found
+
+    def put(self, slot: tuple[object, ...], claim: _Claim, result: AuthResult) -> None:
+        if self._entries_max == 0:
+            return
+        self._entries[slot] = (claim, result)
+        if len(self._entries) > self._entries_max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 # ----- parsing what the request claims -----------------------------------------------------
@@ -504,6 +552,7 @@ class SigV4Verifier:
         self._limits = limits or AuthLimits()
         self._clock = clock or time.time
         self.signing_keys = SigningKeyCache(self._limits.signing_key_cache_entries_max)
+        self.verified = VerifiedRequests(self._limits.verified_requests_max)
 
     @property
     def credentials(self) -> Credentials:
@@ -512,8 +561,10 @@ class SigV4Verifier:
     def set_credentials(self, credentials: Credentials) -> None:
         """Replace the valid key pairs (key rotation without a restart). A request
         verified from now on uses the new set; cached signing keys are per secret, so a
-        removed secret's keys are simply never looked up again."""
+        removed secret's keys are simply never looked up again. Requests verified
+        under the old set are forgotten."""
         self._credentials = credentials
+        self.verified.clear()
 
     def verify(
         self,
@@ -529,7 +580,19 @@ class SigV4Verifier:
         (not `request.raw_path`, which includes the query). `headers` may be the
         multidict itself, so repeated headers are all seen. The body is not read: its
         hash, if signed, is checked by `chunked.open_body`.
+
+        A presigned request seen verified before (`VerifiedRequests`) is only checked
+        against the clock.
         """
+        slot = None
+        if "X-Amz-Signature=" in raw_query:
+            pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+            slot = (method, raw_path, raw_query, pairs)
+            known = self.verified.get(slot)
+            if known is not None:
+                self._check_time(known[0])
+                return known[1]
+            headers = pairs
         header_map = collect_headers(headers)
         query = parse_query(raw_query)
         claim = self._claim(header_map, query)
@@ -549,7 +612,10 @@ class SigV4Verifier:
         expected = sign(signing_key, sigv4.string_to_sign(claim.amz_date, claim.scope, canonical))
         if not signatures_equal(expected, claim.signature):
             raise SignatureDoesNotMatch()
-        return self._result(claim, signing_key)
+        result = self._result(claim, signing_key)
+        if slot is not None and claim.expires_s is not None:
+            self.verified.put(slot, claim, result)
+        return result
 
     def _claim(self, headers: dict[str, list[str]], query: list[tuple[str, str]]) -> _Claim:
         authorization = headers.get("authorization")

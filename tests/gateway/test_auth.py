@@ -507,3 +507,87 @@ def test_parse_query_unquotes_as_urllib_does(text: str) -> None:
     from urllib.parse import unquote
 
     assert parse_query(f"n={text}") == [("n", unquote(text, errors="surrogateescape"))]
+
+
+# ----- presigned requests verified once (VerifiedRequests) ---------------------------------
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _doc_presigned(clock: _Clock, **limits: Any) -> SigV4Verifier:
+    return SigV4Verifier(Credentials.of({DOC_AKID: DOC_SECRET}), region="us-east-1",
+                         clock=clock, limits=AuthLimits(**limits))
+
+
+def test_a_presigned_url_sent_again_is_remembered_but_still_expires() -> None:
+    clock = _Clock(DOC_NOW)
+    verifier = _doc_presigned(clock)
+    host = {"Host": "examplebucket.s3.amazonaws.com"}
+    first = verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert (verifier.verified.hits, verifier.verified.misses) == (0, 1)
+    assert verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, dict(host)) is first
+    assert verifier.verified.hits == 1
+    clock.now = DOC_NOW + 86401  # the remembered URL is checked against the clock
+    with pytest.raises(AccessDenied, match="expired"):
+        verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    clock.now = DOC_NOW - 16 * 60
+    with pytest.raises(AccessDenied, match="not valid yet"):
+        verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+
+
+def test_a_remembered_url_with_any_other_byte_is_verified_in_full() -> None:
+    verifier = _doc_presigned(_Clock(DOC_NOW))
+    host = {"Host": "examplebucket.s3.amazonaws.com"}
+    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    with pytest.raises(SignatureDoesNotMatch):
+        verifier.verify("HEAD", "/test.txt", DOC_PRESIGN_QUERY, host)
+    with pytest.raises(SignatureDoesNotMatch):
+        verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY,
+                        {"Host": "otherbucket.s3.amazonaws.com"})
+    with pytest.raises(AccessDenied, match="not signed"):
+        verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY,
+                        {**host, "x-amz-meta-unsigned": "1"})
+    tampered = DOC_PRESIGN_QUERY[:-1] + ("5" if DOC_PRESIGN_QUERY[-1] != "5" else "6")
+    with pytest.raises(SignatureDoesNotMatch):
+        verifier.verify("GET", "/test.txt", tampered, host)
+    assert len(verifier.verified) == 1  # refusals are never remembered
+    # The remembered one still verifies.
+    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert verifier.verified.hits == 1
+
+
+def test_new_credentials_forget_what_the_old_ones_verified() -> None:
+    verifier = _doc_presigned(_Clock(DOC_NOW))
+    host = {"Host": "examplebucket.s3.amazonaws.com"}
+    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    verifier.set_credentials(Credentials.of({AKID: SECRET}))
+    with pytest.raises(InvalidAccessKeyId):
+        verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+
+
+def test_header_signed_requests_are_not_remembered(captured_s3: Any) -> None:
+    client, wires = captured_s3()
+    client.get_object(Bucket="b", Key="k")
+    verifier = _verifier(_signed_at(wires[-1]))
+    _verify(wires[-1], verifier)
+    _verify(wires[-1], verifier)
+    assert len(verifier.verified) == 0 and verifier.verified.hits == 0
+
+
+def test_remembered_requests_are_bounded(captured_s3: Any) -> None:
+    client, _ = captured_s3()
+    verifier = _verifier(time.time(), limits=AuthLimits(verified_requests_max=3))
+    for i in range(10):
+        url = urlsplit(client.generate_presigned_url("get_object", {"Bucket": "b", "Key": f"k{i}"}))
+        verifier.verify("GET", url.path, url.query, {"host": url.netloc})
+    assert len(verifier.verified) == 3
+    off = _verifier(time.time(), limits=AuthLimits(verified_requests_max=0))
+    for _ in range(2):
+        off.verify("GET", url.path, url.query, {"host": url.netloc})
+    assert len(off.verified) == 0 and off.verified.hits == 0
+    with pytest.raises(ValueError):
+        AuthLimits(verified_requests_max=-1)

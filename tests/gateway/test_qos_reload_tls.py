@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,12 @@ def test_limits_and_keys_change_without_a_restart(
     assert "reload refused" in gateway.log()
     write_config(config, 100_000)  # fixed again: reloads are all or nothing
 
+    # A presigned URL of the key about to be retired, sent several times: verified, then
+    # remembered as verified (auth.VerifiedRequests) by whichever process answers.
+    presigned = noisy.generate_presigned_url(
+        "get_object", Params={"Bucket": "reload", "Key": "absent"}, ExpiresIn=600)
+    assert [_status(presigned) for _ in range(4)] == [404] * 4  # authenticated: NoSuchKey
+
     # Rotation: a new key pair works and the retired one is refused, no restart.
     rotated = client(gateway.endpoint, ROTATED)
     with pytest.raises(ClientError) as unknown:
@@ -175,11 +182,21 @@ def test_limits_and_keys_change_without_a_restart(
     wait_until(lambda: _works(rotated))
     with pytest.raises(ClientError):
         noisy.head_bucket(Bucket="reload")
+    # ...and its remembered presigned URL with it, in every process.
+    assert [_status(presigned) for _ in range(4)] == [403] * 4
 
     # SIGHUP reloads too (here: nothing changed since, so the log says so).
     gateway.process.send_signal(signal.SIGHUP)
     wait_until(lambda: "reloaded: nothing changed" in gateway.log())
     assert gateway.process.poll() is None
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _works(s3) -> bool:  # type: ignore[no-untyped-def]
