@@ -281,29 +281,36 @@ class SigningKeyCache:
 
 
 class VerifiedRequests:
-    """Presigned requests already verified, so that a URL used again is not verified
-    again from scratch: a bounded LRU map from everything a verification reads (method,
-    raw path, raw query, every header name and value) to its claim and result.
+    """Presigned reads already verified, so that a URL used again is not verified again
+    from scratch: a bounded LRU map from everything a verification reads (method, raw
+    path, raw query, every header name and value) to its result.
 
-    A presigned URL is a bearer token that many requests may carry until it expires
-    (a manifest of URLs read every epoch; the same URL fetched by many workers). Only
+    A presigned URL is a bearer token that many requests may carry until it expires (a
+    manifest of URLs read every epoch; the same URL fetched by many workers). Only
     successes are kept, so an entry is a request that verified; a request differing in
     any byte of its line or headers is a different key and is verified in full. What an
     entry cannot settle, the time, is checked on every hit (`SigV4Verifier._check_time`),
-    and replacing the credentials empties the map. Header-signed requests are not kept:
-    each carries its own timestamp and signature, so they would only evict. Not
-    thread-safe (the gateway verifies on its event loop)."""
+    and replacing the credentials empties the map.
+
+    Kept: GETs and HEADs, and only from the second time a request is verified (the
+    first time only its hash is noted, in `_seen`). URLs sent once (a PUT URL, a
+    header-signed request's fresh signature) would only churn the map, and churn costs
+    more than the map saves: every evicted entry is garbage for the cycle collector.
+    Not thread-safe (the gateway verifies on its event loop)."""
 
     def __init__(self, entries_max: int) -> None:
         self._entries_max = entries_max
-        self._entries: OrderedDict[tuple[object, ...], tuple[_Claim, AuthResult]] = OrderedDict()
+        self._entries: OrderedDict[tuple[object, ...], tuple[float, int, AuthResult]] = \
+            OrderedDict()
+        self._seen: set[int] = set()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, slot: tuple[object, ...]) -> tuple[_Claim, AuthResult] | None:
+    def get(self, slot: tuple[object, ...]) -> tuple[float, int, AuthResult] | None:
+        """(signed_at, expires_s, result) of a remembered request, else None."""
         found = self._entries.get(slot)
         if found is None:
             self.misses += 1
@@ -312,15 +319,24 @@ class VerifiedRequests:
         self._entries.move_to_end(slot)
         return found
 
-    def put(self, slot: tuple[object, ...], claim: _Claim, result: AuthResult) -> None:
+    def put(self, slot: tuple[object, ...], signed_at: float, expires_s: int,
+            result: AuthResult) -> None:
+        """Note a verified request; remember it if it was verified before."""
         if self._entries_max == 0:
             return
-        self._entries[slot] = (claim, result)
+        digest = hash(slot)
+        if digest not in self._seen:
+            if len(self._seen) >= self._entries_max:
+                self._seen.clear()
+            self._seen.add(digest)
+            return
+        self._entries[slot] = (signed_at, expires_s, result)
         if len(self._entries) > self._entries_max:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._seen.clear()
 
 
 # ----- parsing what the request claims -----------------------------------------------------
@@ -585,19 +601,19 @@ class SigV4Verifier:
         against the clock.
         """
         slot = None
-        if "X-Amz-Signature=" in raw_query:
+        if "X-Amz-Signature=" in raw_query and (method == "GET" or method == "HEAD"):
             pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
             slot = (method, raw_path, raw_query, pairs)
             known = self.verified.get(slot)
             if known is not None:
-                self._check_time(known[0])
-                return known[1]
+                self._check_time(known[0], known[1])
+                return known[2]
             headers = pairs
         header_map = collect_headers(headers)
         query = parse_query(raw_query)
         claim = self._claim(header_map, query)
         secret = self._credentials.secret_for(claim.access_key_id)
-        self._check_time(claim)
+        self._check_time(claim.signed_at, claim.expires_s)
         self._check_all_signed(header_map, claim)
         signing_key = self.signing_keys.get(secret, claim.day, claim.region)
         dropped = "X-Amz-Signature" if claim.expires_s is not None else None
@@ -614,7 +630,7 @@ class SigV4Verifier:
             raise SignatureDoesNotMatch()
         result = self._result(claim, signing_key)
         if slot is not None and claim.expires_s is not None:
-            self.verified.put(slot, claim, result)
+            self.verified.put(slot, claim.signed_at, claim.expires_s, result)
         return result
 
     def _claim(self, headers: dict[str, list[str]], query: list[tuple[str, str]]) -> _Claim:
@@ -637,16 +653,16 @@ class SigV4Verifier:
             raise InvalidRequest(_V2_UNSUPPORTED)
         raise AccessDenied("Anonymous access is not allowed.")
 
-    def _check_time(self, claim: _Claim) -> None:
-        ahead_s = claim.signed_at - self._clock()
+    def _check_time(self, signed_at: float, expires_s: int | None) -> None:
+        ahead_s = signed_at - self._clock()
         skew_s_max = self._limits.clock_skew_s_max
-        if claim.expires_s is None:
+        if expires_s is None:
             if abs(ahead_s) > skew_s_max:
                 raise RequestTimeTooSkewed()
             return
         if ahead_s > skew_s_max:
             raise AccessDenied("Request is not valid yet.")
-        if -ahead_s > claim.expires_s:
+        if -ahead_s > expires_s:
             raise AccessDenied("Request has expired.")
 
     @staticmethod

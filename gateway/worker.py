@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -156,6 +157,7 @@ class _Reader:
         self._report_touched(replica)
         log.info("reader %d (pid %d) serving GET, HEAD and batch get on %s:%d", self.number,
                  os.getpid(), host, port)
+        gc.freeze()  # as the primary does (petrel.cli.serve): startup objects stay
         await self.stop.wait()
         app[INFLIGHT].draining = True  # new requests go to the primary meanwhile
         server.close()

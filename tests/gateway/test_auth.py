@@ -527,22 +527,31 @@ def test_a_presigned_url_sent_again_is_remembered_but_still_expires() -> None:
     clock = _Clock(DOC_NOW)
     verifier = _doc_presigned(clock)
     host = {"Host": "examplebucket.s3.amazonaws.com"}
-    first = verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
-    assert (verifier.verified.hits, verifier.verified.misses) == (0, 1)
-    assert verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, dict(host)) is first
-    assert verifier.verified.hits == 1
+    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert len(verifier.verified) == 0  # sent once: only noted
+    second = verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert len(verifier.verified) == 1 and verifier.verified.hits == 0
+    assert verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, dict(host)) is second
+    assert (verifier.verified.hits, verifier.verified.misses) == (1, 2)
     clock.now = DOC_NOW + 86401  # the remembered URL is checked against the clock
     with pytest.raises(AccessDenied, match="expired"):
         verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
     clock.now = DOC_NOW - 16 * 60
     with pytest.raises(AccessDenied, match="not valid yet"):
         verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert verifier.verified.hits == 3
+
+
+def _remembered(verifier: SigV4Verifier, method: str, path: str, query: str,
+                headers: dict[str, str]) -> None:
+    for _ in range(2):
+        verifier.verify(method, path, query, headers)
 
 
 def test_a_remembered_url_with_any_other_byte_is_verified_in_full() -> None:
     verifier = _doc_presigned(_Clock(DOC_NOW))
     host = {"Host": "examplebucket.s3.amazonaws.com"}
-    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    _remembered(verifier, "GET", "/test.txt", DOC_PRESIGN_QUERY, host)
     with pytest.raises(SignatureDoesNotMatch):
         verifier.verify("HEAD", "/test.txt", DOC_PRESIGN_QUERY, host)
     with pytest.raises(SignatureDoesNotMatch):
@@ -563,19 +572,26 @@ def test_a_remembered_url_with_any_other_byte_is_verified_in_full() -> None:
 def test_new_credentials_forget_what_the_old_ones_verified() -> None:
     verifier = _doc_presigned(_Clock(DOC_NOW))
     host = {"Host": "examplebucket.s3.amazonaws.com"}
-    verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    _remembered(verifier, "GET", "/test.txt", DOC_PRESIGN_QUERY, host)
+    assert len(verifier.verified) == 1
     verifier.set_credentials(Credentials.of({AKID: SECRET}))
     with pytest.raises(InvalidAccessKeyId):
         verifier.verify("GET", "/test.txt", DOC_PRESIGN_QUERY, host)
 
 
-def test_header_signed_requests_are_not_remembered(captured_s3: Any) -> None:
+def test_only_presigned_reads_sent_again_are_remembered(captured_s3: Any) -> None:
     client, wires = captured_s3()
     client.get_object(Bucket="b", Key="k")
     verifier = _verifier(_signed_at(wires[-1]))
-    _verify(wires[-1], verifier)
-    _verify(wires[-1], verifier)
+    for _ in range(3):
+        _verify(wires[-1], verifier)  # header-signed
+    put = urlsplit(client.generate_presigned_url("put_object", {"Bucket": "b", "Key": "k"}))
+    for _ in range(3):
+        verifier.verify("PUT", put.path, put.query, {"host": put.netloc})
     assert len(verifier.verified) == 0 and verifier.verified.hits == 0
+    head = urlsplit(client.generate_presigned_url("head_object", {"Bucket": "b", "Key": "k"}))
+    _remembered(verifier, "HEAD", head.path, head.query, {"host": head.netloc})
+    assert len(verifier.verified) == 1
 
 
 def test_remembered_requests_are_bounded(captured_s3: Any) -> None:
@@ -583,10 +599,10 @@ def test_remembered_requests_are_bounded(captured_s3: Any) -> None:
     verifier = _verifier(time.time(), limits=AuthLimits(verified_requests_max=3))
     for i in range(10):
         url = urlsplit(client.generate_presigned_url("get_object", {"Bucket": "b", "Key": f"k{i}"}))
-        verifier.verify("GET", url.path, url.query, {"host": url.netloc})
+        _remembered(verifier, "GET", url.path, url.query, {"host": url.netloc})
     assert len(verifier.verified) == 3
     off = _verifier(time.time(), limits=AuthLimits(verified_requests_max=0))
-    for _ in range(2):
+    for _ in range(3):
         off.verify("GET", url.path, url.query, {"host": url.netloc})
     assert len(off.verified) == 0 and off.verified.hits == 0
     with pytest.raises(ValueError):
