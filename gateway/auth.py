@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import hmac
 import re
 import time
 from collections import OrderedDict
@@ -58,6 +59,7 @@ from petrel.errors import (
 # (`name as name`) for gateway/chunked.py and the tests that import them from this module.
 from petrel.sigv4 import ALGORITHM as ALGORITHM
 from petrel.sigv4 import EMPTY_SHA256 as EMPTY_SHA256
+from petrel.sigv4 import PLAIN_PATH, UNSIGNED_PAYLOAD, is_canonical_query, pair_order
 from petrel.sigv4 import SERVICE as SERVICE
 from petrel.sigv4 import TERMINATOR as TERMINATOR
 from petrel.sigv4 import canonical_query as canonical_query
@@ -84,6 +86,9 @@ _PRESIGN_PARAMS = (
     "X-Amz-SignedHeaders",
     "X-Amz-Signature",
 )
+
+
+_PRESIGN_NAMES = frozenset(_PRESIGN_PARAMS)
 
 
 class PayloadMode(enum.Enum):
@@ -166,6 +171,10 @@ class Credentials:
     def of(cls, secrets: Mapping[str, str]) -> Credentials:
         """From {access_key_id: secret_access_key}."""
         return cls(tuple(KeyPair(key, secret) for key, secret in secrets.items()))
+
+    def find_secret(self, access_key_id: str) -> str | None:
+        """The secret for `access_key_id`, None if unknown."""
+        return self._secrets.get(access_key_id)
 
     def secret_for(self, access_key_id: str) -> str:
         """The secret for `access_key_id`; raises InvalidAccessKeyId if unknown."""
@@ -609,6 +618,12 @@ class SigV4Verifier:
                 self._check_time(known[0], known[1])
                 return known[2]
             headers = pairs
+        if "X-Amz-Signature=" in raw_query:
+            fast = self._presigned(method, raw_path, raw_query, headers)
+            if fast is not None:
+                if slot is not None:
+                    self.verified.put(slot, *fast)
+                return fast[2]
         header_map = collect_headers(headers)
         query = parse_query(raw_query)
         claim = self._claim(header_map, query)
@@ -632,6 +647,86 @@ class SigV4Verifier:
         if slot is not None and claim.expires_s is not None:
             self.verified.put(slot, claim.signed_at, claim.expires_s, result)
         return result
+
+    def _presigned(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    ) -> tuple[float, int, AuthResult] | None:
+        """The presigned request SDKs send (query in canonical form, SignedHeaders=host,
+        no x-amz-* header, an unsigned payload), verified in one pass without the
+        general parsing: (signed_at, expires_s, result), or None for anything else or
+        anything wrong. None only means "not accepted here": `verify` then runs the
+        general path, which accepts or raises the precise error. So this path can only
+        accept a request whose signature it computed over the same canonical request
+        the general path builds (tests/gateway/test_auth.py compares the two)."""
+        if not raw_path.startswith("/") or not is_canonical_query(raw_query):
+            return None
+        host = None
+        for name, value in (headers.items() if isinstance(headers, Mapping) else headers):
+            lower = name.lower()
+            if lower == "host":
+                if host is not None:
+                    return None
+                host = value
+            elif lower.startswith("x-amz-") or lower == "authorization":
+                return None
+        if host is None or not host.isascii():
+            return None
+        params: dict[str, str] = {}
+        kept: list[str] = []
+        for part in raw_query.split("&"):
+            name, equals, value = part.partition("=")
+            if not equals:
+                return None
+            if name.startswith("X-Amz-"):
+                if name in params or name not in _PRESIGN_NAMES:
+                    return None
+                params[name] = value
+                if name == "X-Amz-Signature":
+                    continue
+            kept.append(part)
+        if len(params) != len(_PRESIGN_PARAMS) or params["X-Amz-Algorithm"] != ALGORITHM or \
+                params["X-Amz-SignedHeaders"] != "host":
+            return None
+        credential = params["X-Amz-Credential"].replace("%2F", "/").split("/")
+        if len(credential) != 5 or "%" in params["X-Amz-Credential"].replace("%2F", ""):
+            return None
+        access_key_id, day, region, service, terminator = credential
+        amz_date, expires, signature = (params["X-Amz-Date"], params["X-Amz-Expires"],
+                                        params["X-Amz-Signature"])
+        if service != SERVICE or terminator != TERMINATOR or amz_date[:8] != day or \
+                (self._region is not None and region != self._region) or \
+                not _AMZ_DATE.fullmatch(amz_date) or not _SIGNATURE.fullmatch(signature) or \
+                not is_decimal(expires) or len(expires) > 12:
+            return None
+        expires_s = int(expires)
+        secret = self._credentials.find_secret(access_key_id)
+        if expires_s > self._limits.presign_expires_s_max or secret is None:
+            return None
+        try:
+            signed_at = _parse_amz_date(amz_date, AuthorizationQueryParametersError)
+            self._check_time(signed_at, expires_s)
+        except PetrelError:
+            return None
+        kept.sort(key=pair_order)
+        canonical_uri_ = raw_path if PLAIN_PATH.fullmatch(raw_path) else canonical_uri(raw_path)
+        canonical = (f"{method.upper()}\n{canonical_uri_}\n{'&'.join(kept)}\n"
+                     f"host:{' '.join(host.split())}\n\nhost\n{UNSIGNED_PAYLOAD}")
+        scope = f"{day}/{region}/{SERVICE}/{TERMINATOR}"
+        to_sign = (f"{ALGORITHM}\n{amz_date}\n{scope}\n"
+                   f"{hashlib.sha256(canonical.encode('utf-8', 'surrogateescape')).hexdigest()}")
+        signing_key = self.signing_keys.get(secret, day, region)
+        if not hmac.compare_digest(hmac.digest(signing_key, to_sign.encode(), "sha256").hex(),
+                                   signature):
+            return None
+        return signed_at, expires_s, AuthResult(
+            access_key_id=access_key_id, region=region, presigned=True,
+            payload_mode=PayloadMode.UNSIGNED, payload_sha256=None,
+            chunk_signing=ChunkSigning(seed_signature=signature, signing_key=signing_key,
+                                       amz_date=amz_date, scope=scope))
 
     def _claim(self, headers: dict[str, list[str]], query: list[tuple[str, str]]) -> _Claim:
         authorization = headers.get("authorization")

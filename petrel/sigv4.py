@@ -85,6 +85,8 @@ def _wire_bytes(text: str) -> bytes:
 
 
 _PLAIN = {"": re.compile(rb"[A-Za-z0-9._~-]*"), "/": re.compile(rb"[A-Za-z0-9._~/-]*")}
+# A wire path of unreserved characters and '/' only is its own canonical URI.
+PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 
 
 def _s3_encode(raw: bytes, safe: str) -> str:
@@ -167,7 +169,15 @@ _SECOND_EQUALS = re.compile(r"=[^&]*=")
 _ENCODED_UNRESERVED = re.compile(r"%(?:2[DE]|3[0-9]|4[1-9A-F]|5[0-9AF]|6[1-9A-F]|7[0-9AE])")
 
 
-def _pair_order(part: str) -> str:
+def is_canonical_query(raw_query: str) -> bool:
+    """Every name and value of `raw_query` is already in canonical form: its canonical
+    query string is its own pairs sorted (`canonical_query`)."""
+    return _QUERY_CHARS.fullmatch(raw_query) is not None and \
+        not _BAD_PERCENT.search(raw_query) and not _SECOND_EQUALS.search(raw_query) and \
+        not _ENCODED_UNRESERVED.search(raw_query)
+
+
+def pair_order(part: str) -> str:
     # Sorting "name=value" strings as (name, value) pairs: '=' becomes a character
     # below every character a canonical name may hold.
     return part.replace("=", "\x00", 1)
@@ -178,13 +188,12 @@ def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
 
     A query already in canonical form (what SDKs and presigned URLs send) is sorted as
     it is, without decoding and re-encoding each name and value."""
-    if _QUERY_CHARS.fullmatch(raw_query) and not _BAD_PERCENT.search(raw_query) and \
-            not _SECOND_EQUALS.search(raw_query) and not _ENCODED_UNRESERVED.search(raw_query):
+    if is_canonical_query(raw_query):
         parts = [part if "=" in part else part + "=" for part in raw_query.split("&") if part]
         if drop is not None:
             dropped = drop + "="
             parts = [part for part in parts if not part.startswith(dropped)]
-        parts.sort(key=_pair_order)
+        parts.sort(key=pair_order)
         return "&".join(parts)
     return canonical_query_decoded(raw_query, drop=drop)
 
