@@ -4,12 +4,15 @@ aiohttp's per-request machinery.
 Every connection starts in the lane. A request it can serve is answered from
 `data_received`: one HTTP/1.1 GET, HEAD or PUT of an object with nothing pipelined
 behind it, no conditional headers, nothing in the query but a presigned URL's SigV4
-parameters, and for a PUT a plain body no larger than a packed object. It goes through
-the same steps as the full stack, with the same functions: SigV4 (`authn.identify`),
-QoS admission, the index lookup, a read verified against the record's checksum (or a
-body verified against its signed hash, Content-MD5 and x-amz-checksum-* before it is
-stored), Range, the same response headers (`handlers.objects.object_header_pairs`), S3
-errors (`errors.as_s3_error`), request ids and metrics.
+parameters, and for a PUT a plain body no larger than a packed object (with "Expect:
+100-continue", as boto3 sends it, the lane answers 100 Continue and waits for the
+body). It goes through the same steps as the full stack, with the same functions:
+SigV4 (`authn.identify`), QoS admission, the index lookup, a read verified against the
+record's checksum (or a body verified against its signed hash, Content-MD5 and
+x-amz-checksum-* before it is stored), Range, the same response headers
+(`handlers.objects.object_header_pairs`), S3 errors (`errors.as_s3_error`), request
+ids and metrics. In a reader process, a PUT is stored by the primary
+(petrel_gateway.writes).
 
 Anything else is handed to aiohttp's protocol with every byte received so far, and the
 connection stays with aiohttp from then on: aws-chunked uploads, copies, multipart,
@@ -54,6 +57,7 @@ from petrel_gateway.errors import as_s3_error
 from petrel_gateway.handlers import batch
 from petrel_gateway.handlers.objects import object_header_pairs
 from petrel_gateway.request import parse_range, target_of, user_metadata
+from petrel_gateway.writes import WriteOutcomeUnknown
 
 log = logging.getLogger("petrel.gateway")
 
@@ -68,7 +72,7 @@ _LANE_QUERY = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date",
                          "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature", "x-id"})
 # Headers whose presence sends a request to the full stack: a body, a protocol switch,
 # a connection that is not kept alive, conditional requests.
-_FULL_STACK_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "te",
+_FULL_STACK_HEADERS = frozenset({"transfer-encoding", "upgrade", "te",
                                  "if-match", "if-none-match", "if-modified-since",
                                  "if-unmodified-since"})
 _REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidden",
@@ -76,6 +80,7 @@ _REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidd
             416: "Requested Range Not Satisfiable", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
 _HAND_OVER = object()
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # How often connections are checked for idle time and stalled bodies.
 _SWEEP_S = 0.5
 # Bytes a client may send ahead while its request is being answered; then the lane
@@ -136,6 +141,9 @@ def parse_head(data: bytes, body_bytes_max: int, batch_bytes_max: int = 0
     if "host" not in headers or \
             headers.get("connection", "keep-alive").lower() != "keep-alive":
         return None
+    expect = headers.get("expect")
+    if expect is not None and (method != "PUT" or expect.lower() != "100-continue"):
+        return None  # boto3 sends "Expect: 100-continue" with every PutObject
     length = headers.get("content-length", "0")
     if not (length.isascii() and length.isdigit() and len(length) < 16):
         return None
@@ -192,6 +200,9 @@ class FastLane:
         # replica of the store and passes every other connection on to the primary
         # (`pass_on`), instead of handing it to its own aiohttp.
         self.pass_on = pass_on
+        # A reader whose store passes small PUTs to the primary (petrel_gateway.writes)
+        # takes them like the primary's lane does, instead of passing the connection on.
+        self.takes_writes = False
         self.batch_bytes_max = 0 if pass_on is None else \
             batch.request_bytes_max(app[STORE].limits, with_data=False)
         self.idle_timeout_s = idle_timeout_s
@@ -248,10 +259,13 @@ class FastLane:
         request = parse_head(data, self.app[STORE].limits.pack_threshold_bytes,
                              self.batch_bytes_max)
         if request is not None and not request.complete:
-            if (self.pass_on is not None and request.method == "PUT") or \
+            if (request.method == "PUT" and self.pass_on is not None and
+                    (not self.takes_writes or self.app[QOS].config.enabled)) or \
                     not self._admit(connection):
                 connection.hand_over(data)
                 return
+            if "expect" in request.headers:  # 100-continue: the client waits for this
+                connection.send(_CONTINUE, b"")
             connection.wait_for_body(data, len(data) + request.body_length - len(request.body))
             return
         outcome = _HAND_OVER if request is None else \
@@ -317,12 +331,11 @@ class FastLane:
         if bucket is None or key is None or bucket.startswith("_"):
             return _HAND_OVER  # service, bucket and /_petrel/ admin paths
         if request.method == "PUT":
-            if self.pass_on is not None:
+            if self.pass_on is not None and not self.takes_writes:
                 return _HAND_OVER  # the primary writes
             if not admitted and inflight.count >= settings.inflight_requests_max:
                 return _HAND_OVER  # the full stack answers 503 SlowDown
-            self._put(connection, request, bucket, key)
-            return None
+            return self._put(connection, request, bucket, key)
         store = app[STORE]
         located: Located | None = None
         missing: PetrelError | None = None
@@ -378,7 +391,7 @@ class FastLane:
                         bucket, operation, unquote(request.path))
 
     def _put(self, connection: _Connection, request: _Request, bucket: str,
-             key: str) -> None:
+             key: str) -> object:
         """PutObject of a packed object whose whole body is here: checked in the order
         the full stack checks (handlers/objects.put_object), the body verified against
         its signed hash, Content-MD5 and x-amz-checksum-* before it is stored."""
@@ -394,7 +407,7 @@ class FastLane:
         except Exception as exc:  # noqa: BLE001 - answered as S3 errors
             self._fail(connection, request, exc, bucket, key, request_id, "put_object",
                        started)
-            return
+            return None
         try:
             assert identity is not None  # anonymous writes are refused by identify
             meta = user_metadata(headers, store.limits.user_metadata_bytes_max)
@@ -402,11 +415,14 @@ class FastLane:
             decoder = open_body(identity, headers)
             payload = decoder.feed(request.body)
             decoder.finish()
+        except NotServedHere:  # a reader whose view could not catch up
+            admission.done(0)
+            return _HAND_OVER
         except Exception as exc:  # noqa: BLE001 - answered as S3 errors
             admission.done(0)
             self._fail(connection, request, exc, bucket, key, request_id, "put_object",
                        started)
-            return
+            return None
         inflight = app[INFLIGHT]
         inflight.count += 1
         connection.busy = True
@@ -418,6 +434,13 @@ class FastLane:
                                            request_id), b"")
                 self.served += 1
                 self._count("put_object", 200, started, 0, len(request.body))
+            except NotServedHere:  # a reader whose primary is gone: never sent to it
+                connection.hand_over_busy(request.raw)
+            except WriteOutcomeUnknown:
+                # The primary went while storing it: the write may have been made, so no
+                # answer may say either way. The client sees the connection end, as it
+                # would had the one process crashed, and retries.
+                connection.abort()
             except Exception as exc:  # noqa: BLE001 - answered as S3 errors
                 self._fail(connection, request, exc, bucket, key, request_id, "put_object",
                            started)
@@ -427,6 +450,7 @@ class FastLane:
                 connection.done_waiting()
 
         self._start(finish())
+        return None
 
     def _batch_get(self, connection: _Connection, request: _Request, bucket: str,
                    admitted: bool) -> object:
@@ -686,6 +710,11 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, nothing more sent (a reset for the client)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def hand_over_busy(self, data: bytes) -> None:
         """Hand over a connection whose request (`data`) is being answered and has

@@ -1,14 +1,16 @@
-"""A reader process of the gateway (`python -m petrel_gateway.worker FD`): started by
-the primary (petrel_gateway.workers) when `server.processes` is more than 1.
+"""A reader process of the gateway (`python -m petrel_gateway.worker FD WRITE_FD`):
+started by the primary (petrel_gateway.workers) when `server.processes` is more than 1.
 
 It listens on the gateway's port beside the primary (SO_REUSEPORT: the kernel spreads
 new connections over the processes) and answers, in its fast lane, GETs and HEADs of
-packed objects from a replica of the store (petrel.replica). Every other request, and
-any read it cannot answer, goes to the primary with its connection: the socket's
-descriptor and the bytes received so far travel over the channel (petrel_gateway.
-channel) and the connection is the primary's from then on.
+packed objects from a replica of the store (petrel.replica). It takes small PUTs too:
+checked here, stored by the primary over the write link (petrel_gateway.writes). Every
+other request, and any read it cannot answer, goes to the primary with its connection:
+the socket's descriptor and the bytes received so far travel over the channel
+(petrel_gateway.channel) and the connection is the primary's from then on.
 
-Its settings arrive pickled on stdin; FD is its end of the channel. It stops on
+Its settings arrive pickled on stdin; FD is its end of the channel, WRITE_FD its end
+of the write link. It stops on
 SIGTERM (after draining its requests, as `petrel serve` does) and when the channel
 ends (the primary is gone); it ignores SIGINT and SIGHUP, which the primary handles for
 the group.
@@ -39,6 +41,7 @@ from petrel_gateway.context import QOS, SETTINGS, STORE
 from petrel_gateway.fastlane import FastLane
 from petrel_gateway.metrics import Metrics
 from petrel_gateway.qos import Qos
+from petrel_gateway.writes import WriteClient
 
 log = logging.getLogger("petrel.worker")
 
@@ -63,9 +66,10 @@ def build_worker_app(settings: Any, replica: Replica) -> web.Application:
 
 
 class _Reader:
-    def __init__(self, link: ch.Channel, settings: Any, store_config: Any, number: int
-                 ) -> None:
+    def __init__(self, link: ch.Channel, write_link: socket.socket, settings: Any,
+                 store_config: Any, number: int) -> None:
         self.link = link
+        self.write_link = write_link
         self.settings = settings
         self.store_config = store_config
         self.number = number
@@ -145,6 +149,9 @@ class _Reader:
         app = build_worker_app(self.settings, replica)
         lane = FastLane(app, cast(Any, None), self.settings.idle_connection_timeout_s,
                         pass_on=self.pass_on)
+        _, replica.writes = await self.loop.create_unix_connection(WriteClient,
+                                                                   sock=self.write_link)
+        lane.takes_writes = True
         app[METRICS].watch_fast_lane(lambda: (lane.served, lane.handed_over))
         self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         # The primary handles these for the group: a Ctrl-C, or a reload sent to every
@@ -155,8 +162,8 @@ class _Reader:
         threading.Thread(target=self.listen, args=(app,), name="petrel-channel",
                          daemon=True).start()
         self._report_touched(replica)
-        log.info("reader %d (pid %d) serving GET, HEAD and batch get on %s:%d", self.number,
-                 os.getpid(), host, port)
+        log.info("reader %d (pid %d) serving GET, HEAD, batch get and small PUTs on %s:%d",
+                 self.number, os.getpid(), host, port)
         gc.freeze()  # as the primary does (petrel.cli.serve): startup objects stay
         await self.stop.wait()
         app[INFLIGHT].draining = True  # new requests go to the primary meanwhile
@@ -171,7 +178,7 @@ class _Reader:
 def main() -> int:
     import uvloop
 
-    fd = int(sys.argv[1])
+    fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
     settings, store_config, host, port, number, level = pickle.load(sys.stdin.buffer)
     logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -180,7 +187,8 @@ def main() -> int:
     asyncio.set_event_loop(loop)
 
     async def run() -> None:
-        await _Reader(link, settings, store_config, number).run(host, port)
+        await _Reader(link, socket.socket(fileno=write_fd), settings, store_config,
+                      number).run(host, port)
 
     try:
         loop.run_until_complete(run())

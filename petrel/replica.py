@@ -13,11 +13,16 @@ starts after the acknowledgement sees it.
 What a reader cannot answer, it does not guess: a record in neither a local segment
 file nor the read cache, a large object, or an index catch-up that fails raise
 `NotServedHere`, and the gateway hands the request to the primary.
+
+A reader also takes small PUTs: it checks them (`check_put`) and passes the object to
+the primary to store (`put_object`, over petrel_gateway.writes), answering only once
+the primary has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import mmap
 import os
@@ -25,7 +30,7 @@ import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import xxhash
 
@@ -44,7 +49,7 @@ from petrel.model import ByteRange, GetItem, ObjectData, ObjectInfo, resolve_ran
 from petrel.recovery import index_dir, segment_dir
 from petrel.segments import NowaitReads, SealedFiles, local_segment_path
 from petrel.settings import StoreConfig
-from petrel.store import Located, ObjectStream, bucket_row, check_key, one_chunk
+from petrel.store import Located, ObjectStream, bucket_row, check_key, check_meta, one_chunk
 
 log = logging.getLogger("petrel.replica")
 
@@ -233,6 +238,14 @@ def _pread_exactly(fd: int, offset: int, length: int, name: str) -> bytes:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write through the primary answers with (as much of ObjectInfo as the
+    fast lane reads)."""
+
+    etag: str
+
+
 class Replica:
     """GET, HEAD and batch get of packed objects, over a store the primary process
     owns. Offers the part of `petrel.store.Store` the gateway's fast lane and
@@ -265,6 +278,10 @@ class Replica:
         self.io_pool = ThreadPoolExecutor(config.io_threads,
                                           thread_name_prefix="petrel-replica-io")
         self.catch_ups = 0
+        # The write link to the primary (petrel_gateway.writes.WriteClient), once the
+        # reader has connected it: anything with an async put_object(bucket, key, data,
+        # meta, md5) -> etag.
+        self.writes: Any = None
         self.refresh()
 
     def close(self) -> None:
@@ -319,6 +336,24 @@ class Replica:
 
     def _bucket(self, name: str) -> fmt.BucketRow:
         return bucket_row(self.applier.buckets, name)
+
+    # ----- writes, passed to the primary ----------------------------------------------
+    def check_put(self, bucket: str, key: str, meta: fmt.ObjectMeta) -> None:
+        """As `Store.check_put`, on this view: NoSuchBucket, InvalidArgument,
+        KeyTooLongError, MetadataTooLarge. The primary checks again when it stores."""
+        self.refresh(ix.bucket_key(bucket))
+        self._bucket(bucket)
+        check_key(key, self.limits)
+        check_meta(meta, self.limits)
+
+    async def put_object(self, bucket: str, key: str, data: bytes,
+                         meta: fmt.ObjectMeta = fmt.EMPTY_META) -> Written:
+        """Store a packed object through the primary (`writes`, the reader's write
+        link): its ETag once the primary has stored it."""
+        if self.writes is None:
+            raise NotServedHere("no write link to the primary")
+        md5 = hashlib.md5(data).digest()
+        return Written(await self.writes.put_object(bucket, key, data, meta, md5))
 
     def _key(self, key: str) -> bytes:
         return check_key(key, self.limits)

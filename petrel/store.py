@@ -114,6 +114,17 @@ def check_key(key: str, limits: Limits) -> bytes:
     return raw
 
 
+def check_meta(meta: fmt.ObjectMeta, limits: Limits) -> bytes:
+    """The metadata's encoding; raises InvalidArgument (content type too long),
+    MetadataTooLarge."""
+    if len(meta.content_type.encode()) > limits.content_type_bytes_max:
+        raise InvalidArgument("content type too long")
+    user_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in meta.user)
+    if user_bytes > limits.user_metadata_bytes_max:
+        raise MetadataTooLarge()
+    return fmt.encode_meta(meta)
+
+
 @dataclass(frozen=True, slots=True)
 class Located:
     """An object found in the index: what HEAD answers, and where GET reads from."""
@@ -320,12 +331,7 @@ class Store:
         return check_key(key, self.limits)
 
     def _meta(self, meta: fmt.ObjectMeta) -> bytes:
-        if len(meta.content_type.encode()) > self.limits.content_type_bytes_max:
-            raise InvalidArgument("content type too long")
-        user_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in meta.user)
-        if user_bytes > self.limits.user_metadata_bytes_max:
-            raise MetadataTooLarge()
-        return fmt.encode_meta(meta)
+        return check_meta(meta, self.limits)
 
     # ----- buckets -----------------------------------------------------------------
     async def create_bucket(self, name: str) -> BucketInfo:

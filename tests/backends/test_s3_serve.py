@@ -237,7 +237,7 @@ def test_reader_processes_read_the_read_cache(tmp_path: Path, weed: SeaweedFS,
                             "--secret-key", GATEWAY_SECRET_KEY, *backend_args(weed, prefix),
                             env=backend_env(), timeout_s=START_TIMEOUT_S)
     gateways.append(gateway)
-    wait_until(lambda: gateway.log().count(") serving GET, HEAD and batch get") == 2, "the readers")
+    wait_until(lambda: gateway.log().count(") serving GET, HEAD, batch get") == 2, "the readers")
     client = client_of(gateway)
     client.create_bucket(Bucket="train")
     objects = put_many(client, 40, seed=3, key_prefix="cached", large=False)

@@ -404,3 +404,33 @@ def test_only_readers_parse_batch_gets_in_the_lane() -> None:
         assert parsed is not None and parsed.method == "POST" and parsed.body == body
     other = b"POST /bkt?delete HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
     assert parse_head(other, 1024, batch_bytes_max=4096) is None
+
+
+def test_expect_100_continue_put_stays_in_the_lane(lane_gateway: Gateway, s3,
+                                                   bucket: str) -> None:
+    """boto3 sends every PutObject with "Expect: 100-continue" and waits for the 100
+    before the body: the lane answers it, then takes the body as any other."""
+    body = os.urandom(20_000)
+    request = _signed("PUT", object_path(bucket, "continue"), lane_gateway.port, body=body,
+                      extra={"Expect": "100-continue"})
+    head_end = request.index(b"\r\n\r\n") + 4
+    served, handed = _counts(lane_gateway)
+    with socket.create_connection(("127.0.0.1", lane_gateway.port), timeout=10) as sock:
+        sock.sendall(request[:head_end])
+        with sock.makefile("rb") as stream:
+            assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+            assert stream.readline() == b"\r\n"
+            sock.sendall(request[head_end:])
+            got = _read_one(stream, "PUT")
+    assert got.status == 200 and got.headers["etag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert _counts(lane_gateway) == (served + 1, handed)
+    fresh = make_client(lane_gateway.endpoint)  # a new connection: it starts in the lane
+    fresh.put_object(Bucket=bucket, Key="boto3", Body=b"from boto3", Metadata={"a": "b"})
+    assert _counts(lane_gateway) == (served + 2, handed)
+    stored = s3.get_object(Bucket=bucket, Key="boto3")
+    assert stored["Body"].read() == b"from boto3" and stored["Metadata"] == {"a": "b"}
+    # Expect on anything but a PUT, or any other expectation: the full stack's.
+    other = _signed("GET", object_path(bucket, "boto3"), lane_gateway.port,
+                    extra={"Expect": "100-continue"})
+    _exchange(lane_gateway.port, [other])
+    assert _counts(lane_gateway)[1] == handed + 1

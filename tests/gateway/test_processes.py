@@ -258,3 +258,66 @@ def test_concurrent_scrapes_each_count_every_process(multi) -> None:  # type: ig
         # A scrape is a request too (not counted): each sees the same totals.
         seen = list(pool.map(lambda _: _metric(multi, "petrel_requests_total"), range(6)))
     assert seen == [expected] * 6
+
+
+def test_small_puts_are_taken_by_readers(multi) -> None:  # type: ignore[no-untyped-def]
+    """A small PUT on a connection a reader accepted is checked there and stored by the
+    primary over the write link (petrel_gateway.writes): the connection stays with the
+    reader, the ETag and metadata are the primary's, and the next GET on any process
+    reads it back."""
+    import hashlib
+
+    make_client(multi.endpoint).create_bucket(Bucket="taken")
+    passed = _metric(multi, "petrel_reader_connections_passed_on_total")
+    for i in range(24):
+        body = os.urandom(1000 + i * 97)
+        key = f"w/{i:03d}"
+        put = _fresh(multi).put_object(Bucket="taken", Key=key, Body=body,
+                                       Metadata={"n": str(i)})
+        assert put["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+        got = _fresh(multi).get_object(Bucket="taken", Key=key)
+        assert got["Body"].read() == body and got["Metadata"] == {"n": str(i)}
+    for _ in range(6):
+        with pytest.raises(ClientError) as missing:
+            _fresh(multi).put_object(Bucket="no-such-bucket", Key="k", Body=b"x")
+        assert missing.value.response["Error"]["Code"] == "NoSuchBucket"
+    # None of those connections went to the primary (the scrape itself may have).
+    assert _metric(multi, "petrel_reader_connections_passed_on_total") - passed <= 1
+
+
+def test_a_put_a_reader_took_is_acknowledged_only_once_stored(multi) -> None:  # type: ignore[no-untyped-def]
+    """With the primary frozen, a reader still checks a PUT (a wrong Content-MD5 is
+    refused at once) but acknowledges none: only the primary stores. Thawed, the
+    writes go through."""
+    import base64
+
+    client = make_client(multi.endpoint)
+    client.create_bucket(Bucket="thaw")
+    for _ in range(4):  # every reader has seen the bucket before the freeze
+        _fresh(multi).head_bucket(Bucket="thaw")
+    wrong_md5 = base64.b64encode(b"\0" * 16).decode()
+    os.kill(multi.process.pid, signal.SIGSTOP)
+    refused = acknowledged = 0
+    try:
+        for i in range(16):
+            s3 = _fresh(multi, timeout_s=0.5)
+            try:
+                s3.put_object(Bucket="thaw", Key=f"bad{i}", Body=b"body", ContentMD5=wrong_md5)
+            except ClientError as exc:
+                assert exc.response["Error"]["Code"] == "BadDigest"
+                refused += 1
+            except Exception:  # noqa: BLE001 - a connection the frozen primary holds
+                pass
+            try:
+                _fresh(multi, timeout_s=0.5).put_object(Bucket="thaw", Key=f"ok{i}", Body=b"ok")
+                acknowledged += 1
+            except Exception:  # noqa: BLE001 - not acknowledged while the primary is frozen
+                pass
+    finally:
+        os.kill(multi.process.pid, signal.SIGCONT)
+    assert refused > 0, "no reader checked a PUT on its own"
+    assert acknowledged == 0
+    for i in range(8):
+        _fresh(multi).put_object(Bucket="thaw", Key=f"after{i}", Body=f"after {i}".encode())
+        assert _fresh(multi).get_object(Bucket="thaw", Key=f"after{i}")["Body"].read() == \
+            f"after {i}".encode()
