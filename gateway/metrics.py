@@ -178,6 +178,16 @@ class _Families:
         return self._families
 
 
+def _catch_up_families(catch_ups: int, seconds: float) -> Iterator[Metric]:
+    yield CounterMetricFamily("petrel_reader_index_catch_ups",
+                              "Times reader processes caught up with the primary's index "
+                              "(a key they were about to read was written since).",
+                              value=catch_ups)
+    yield CounterMetricFamily("petrel_reader_index_catch_up_seconds",
+                              "Time reader processes spent catching up with the primary's "
+                              "index (their event loop waits meanwhile).", value=seconds)
+
+
 class _ReadersCollector(Collector):
     """Reader processes (server.processes > 1; petrel_gateway.workers)."""
 
@@ -190,11 +200,24 @@ class _ReadersCollector(Collector):
                                 "Reader processes running beside this one.", value=running)
         yield CounterMetricFamily("petrel_reader_connections_passed_on",
                                   "Connections reader processes passed to this one (a "
-                                  "request a reader does not answer: writes, listings, "
-                                  "large objects, remote segments).", value=passed_on)
+                                  "request a reader does not answer: listings, large or "
+                                  "multipart uploads, large objects, remote segments).",
+                                  value=passed_on)
         yield CounterMetricFamily("petrel_reader_restarts",
                                   "Reader processes started again after they died.",
                                   value=restarts)
+        # The primary never catches up: its zero is what the readers' counts add to.
+        yield from _catch_up_families(0, 0.0)
+
+
+class _ReplicaCollector(Collector):
+    """A reader process's index catch-ups (petrel.replica.Replica), read when scraped."""
+
+    def __init__(self, counts: Callable[[], tuple[int, float]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _catch_up_families(*self._counts())
 
 
 class Metrics:
@@ -259,6 +282,9 @@ class Metrics:
 
     def watch_readers(self, counts: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_ReadersCollector(counts))
+
+    def watch_replica(self, counts: Callable[[], tuple[int, float]]) -> None:
+        self.registry.register(_ReplicaCollector(counts))
 
     def watch_qos(self, config: Callable[[], QosConfig]) -> None:
         self.registry.register(_QosCollector(config))

@@ -153,6 +153,7 @@ class _Reader:
                                                                    sock=self.write_link)
         lane.takes_writes = True
         app[METRICS].watch_fast_lane(lambda: (lane.served, lane.handed_over))
+        app[METRICS].watch_replica(lambda: (replica.catch_ups, replica.catch_up_s))
         self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         # The primary handles these for the group: a Ctrl-C, or a reload sent to every
         # process by name (reloaded settings reach readers over the channel).

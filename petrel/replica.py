@@ -27,6 +27,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -278,6 +279,7 @@ class Replica:
         self.io_pool = ThreadPoolExecutor(config.io_threads,
                                           thread_name_prefix="petrel-replica-io")
         self.catch_ups = 0
+        self.catch_up_s = 0.0  # time spent in catch-ups (petrel_reader_index_catch_up_*)
         # The write link to the primary (petrel_gateway.writes.WriteClient), once the
         # reader has connected it: anything with an async put_object(bucket, key, data,
         # meta, md5) -> etag.
@@ -304,12 +306,15 @@ class Replica:
             seen = self._seen
             if not any(since(key, seen) for key in keys):
                 return
+        started = time.perf_counter()
         try:
             self.kv.catch_up()
             self.applier.buckets = {b.name: b.row for b in self.index.buckets()}
         except ix.IndexUnavailable as exc:
             log.warning("%s; the primary answers until a catch-up succeeds", exc)
             raise NotServedHere(str(exc)) from exc
+        finally:
+            self.catch_up_s += time.perf_counter() - started
         self._seen = generation
         self.catch_ups += 1
 

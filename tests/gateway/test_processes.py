@@ -321,3 +321,21 @@ def test_a_put_a_reader_took_is_acknowledged_only_once_stored(multi) -> None:  #
         _fresh(multi).put_object(Bucket="thaw", Key=f"after{i}", Body=f"after {i}".encode())
         assert _fresh(multi).get_object(Bucket="thaw", Key=f"after{i}")["Body"].read() == \
             f"after {i}".encode()
+
+
+def test_index_catch_ups_are_counted_and_reads_alone_make_none(multi) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(multi.endpoint)
+    client.create_bucket(Bucket="catchup")
+    client.put_object(Bucket="catchup", Key="k", Body=b"v1")
+    for _ in range(8):  # every reader reads it: each catches up once for it
+        assert _fresh(multi).get_object(Bucket="catchup", Key="k")["Body"].read() == b"v1"
+    settled = _metric(multi, "petrel_reader_index_catch_ups_total")
+    assert settled >= READERS  # at least each reader's first, at its start
+    assert _metric(multi, "petrel_reader_index_catch_up_seconds_total") > 0
+    for _ in range(16):  # nothing written since: no reader catches up
+        assert _fresh(multi).get_object(Bucket="catchup", Key="k")["Body"].read() == b"v1"
+    assert _metric(multi, "petrel_reader_index_catch_ups_total") == settled
+    client.put_object(Bucket="catchup", Key="k", Body=b"v2")
+    for _ in range(8):
+        assert _fresh(multi).get_object(Bucket="catchup", Key="k")["Body"].read() == b"v2"
+    assert _metric(multi, "petrel_reader_index_catch_ups_total") > settled
