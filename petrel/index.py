@@ -110,14 +110,22 @@ class RocksKV:
         options.set_compression_type(DBCompressionType.lz4())
         options.set_bottommost_compression_type(DBCompressionType.zstd())
         options.set_max_background_jobs(2)
+        # The options again for the column family: given only `options`, rocksdict
+        # opens an existing index with its column family's options read back from the
+        # OPTIONS file, where the block cache above is not recorded, so the index got
+        # RocksDB's 8 MiB default instead. Once the index was one SST of ~900k keys,
+        # its ~900 KiB index block no longer fit a cache shard: every get read and
+        # decompressed it again, ~500 us per lookup (bench/results/
+        # s3-2026-11-24-writelink-notes.md).
         try:
             if secondary is None:
-                self._db = Rdict(path, options)
+                self._db = Rdict(path, options, column_families={"default": options})
             else:
                 # A secondary keeps every table file open: the primary may delete one
                 # (after a compaction) while this instance still reads it.
                 options.set_max_open_files(-1)
-                self._db = Rdict(path, options, access_type=AccessType.secondary(secondary))
+                self._db = Rdict(path, options, column_families={"default": options},
+                                 access_type=AccessType.secondary(secondary))
         except Exception as exc:  # rocksdict raises plain Exception("IO error: ...")
             raise IndexUnavailable(f"cannot open the index at {path}: {exc} (petrel fsck "
                                    "--rebuild-index rebuilds it from the segments)") from exc
@@ -137,6 +145,10 @@ class RocksKV:
             self._db.try_catch_up_with_primary()
         except Exception as exc:  # rocksdict raises plain Exception("IO error: ...")
             raise IndexUnavailable(f"index catch-up failed: {exc}") from exc
+
+    def block_cache_capacity_bytes(self) -> int:
+        """The block cache RocksDB uses for this instance (`cache_bytes`)."""
+        return int(self._db.property_int_value("rocksdb.block-cache-capacity") or 0)
 
     def memory_bytes(self) -> dict[str, int]:
         """What RocksDB holds in memory, by part: memtables (index writes not yet
