@@ -610,7 +610,8 @@ class SigV4Verifier:
         against the clock.
         """
         slot = None
-        if "X-Amz-Signature=" in raw_query and (method == "GET" or method == "HEAD"):
+        presigned = "X-Amz-Signature=" in raw_query
+        if presigned and (method == "GET" or method == "HEAD"):
             pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
             slot = (method, raw_path, raw_query, pairs)
             known = self.verified.get(slot)
@@ -618,7 +619,7 @@ class SigV4Verifier:
                 self._check_time(known[0], known[1])
                 return known[2]
             headers = pairs
-        if "X-Amz-Signature=" in raw_query:
+        if presigned:
             fast = self._presigned(method, raw_path, raw_query, headers)
             if fast is not None:
                 if slot is not None:

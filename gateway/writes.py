@@ -71,14 +71,15 @@ class _Frames(asyncio.Protocol):
             end = position + _HEADER.size + length
             if end > len(buffer):
                 break
-            payload = bytes(buffer[position + _HEADER.size:end])
+            with memoryview(buffer) as view:  # one copy out (a slice of it is another)
+                payload = view[position + _HEADER.size:end].tobytes()
             position = end
             self.frame(kind, number, payload)
         del buffer[:position]
 
     def send(self, kind: bytes, number: int, payload: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(_HEADER.pack(kind, len(payload), number) + payload)
+        self.transport.writelines([_HEADER.pack(kind, len(payload), number), payload])
 
     def frame(self, kind: bytes, number: int, payload: bytes) -> None:
         raise NotImplementedError
