@@ -205,7 +205,9 @@ def render(args: argparse.Namespace, baseline: WrkResult, sampled: Sampled,
     lines = [f"# petrel gateway profile under wrk {args.op.upper()} load "
              f"({datetime.date.today().isoformat()})", "",
              f"{size_text(args.size_bytes)} objects, wrk -t {args.threads} -c "
-             f"{args.connections}, durability batch, {args.count} objects. {machine_line}", "",
+             f"{args.connections}, durability batch, {args.count} objects, petrel serve "
+             f"--processes {args.processes} (the primary profiled; CPU per request counts "
+             f"every process's requests). {machine_line}", "",
              f"- baseline (no profiler): {baseline.ops_per_s:,.0f} req/s, p50 "
              f"{baseline.latency_ms_p50:.2f} ms, p99 {baseline.latency_ms_p99:.2f} ms, "
              f"errors {baseline.errors}",
@@ -258,6 +260,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="petrel serve --processes; the primary is profiled, and its "
+                             "CPU is divided by every request served (default 1)")
     parser.add_argument("--out", default=os.path.join(_HERE, "results"))
     parser.add_argument("--keep-folded", action="store_true")
     args = parser.parse_args(argv)
@@ -271,9 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     work = tempfile.mkdtemp(prefix="petrel-bench-s3-profile-")
     machine = describe(work)
-    # One process: py-spy follows one PID, and CPU per request is that process's.
+    # py-spy follows one PID (the primary); with --processes > 1 its CPU is divided by
+    # the requests every process served.
     server = servers.start_petrel("petrel-batch", os.path.join(work, "petrel"), "batch",
-                                  CREDS, work, processes=1)
+                                  CREDS, work, processes=args.processes)
     try:
         client = urls.boto3_client(server.endpoint, CREDS)
         urls.create_bucket(client, urls.BUCKET)
