@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from bench import machine
+from bench.s3_servers import descendants
 from petrel import loadgen
 from petrel.loadgen import Mode, Plan, Target
 from petrel.testing.gateway import Gateway, start_gateway, stop_gateway
@@ -44,6 +45,9 @@ class Pass:
     p99_ms: float
     errors: int
     seconds: float
+    # CPU seconds each party used during the pass: where a pass's time goes on a
+    # machine all of them share.
+    cpu_s: dict[str, float]
 
 
 def log(message: str) -> None:
@@ -51,15 +55,43 @@ def log(message: str) -> None:
           flush=True)
 
 
-def one_pass(name: str, system: str, target: Target, plan: Plan) -> Pass:
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by `pid` and the processes under it."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{member}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """This process and its waited-for children (the load generator's processes)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def one_pass(name: str, system: str, target: Target, plan: Plan,
+             servers: dict[str, int | None]) -> Pass:
+    """One pass of `plan`; `servers` names the server processes whose CPU is counted."""
+    before = {party: tree_cpu_s(pid) for party, pid in servers.items()}
+    own = _own_cpu_s()
     tally = loadgen.run_plan(target, plan)
+    cpu = {party: tree_cpu_s(pid) - before[party] for party, pid in servers.items()}
+    cpu["load generator"] = _own_cpu_s() - own
     latencies = sorted(tally.latencies)
     seconds = tally.elapsed_s or 1e-9
     result = Pass(name, system, tally.objects / seconds, tally.ops / seconds,
                   loadgen.percentile(latencies, 0.5) * 1000,
                   loadgen.percentile(latencies, 0.99) * 1000, sum(tally.errors.values()),
-                  seconds)
-    log(f"{name}: {result.objects_per_s:,.0f} objects/s, {result.errors} errors")
+                  seconds, cpu)
+    log(f"{name}: {result.objects_per_s:,.0f} objects/s, {result.errors} errors, CPU s "
+        + ", ".join(f"{party} {used:.1f}" for party, used in cpu.items()))
     return result
 
 
@@ -91,7 +123,8 @@ def run(args: argparse.Namespace, work: str) -> list[Pass]:
         loadgen.sequential(weed_target, direct, Mode.PUT)
         passes.append(one_pass("SeaweedFS GET per object", "SeaweedFS", weed_target,
                                replace(direct, mode=Mode.GET,
-                                       connections=args.get_concurrency)))
+                                       connections=args.get_concurrency),
+                               {"SeaweedFS": weed.pid}))
         loadgen.ensure_bucket(weed_target, "petrel-backend")
 
         # petrel over SeaweedFS: write, stop (seals and uploads), drop the local cache.
@@ -108,10 +141,11 @@ def run(args: argparse.Namespace, work: str) -> list[Pass]:
         gateway = petrel_gateway(data_dir, weed, args.io_threads)
         target = Target(gateway.endpoint, ACCESS, SECRET)
         try:
+            both = {"petrel": gateway.process.pid, "SeaweedFS": weed.pid}
             passes.append(one_pass("petrel batch get, SeaweedFS backend, cold cache",
-                                   "petrel (S3 backend)", target, base))
+                                   "petrel (S3 backend)", target, base, both))
             passes.append(one_pass("petrel batch get, SeaweedFS backend, warm cache",
-                                   "petrel (S3 backend)", target, base))
+                                   "petrel (S3 backend)", target, base, both))
         finally:
             stop_gateway(gateway, timeout_s=300)
 
@@ -121,9 +155,10 @@ def run(args: argparse.Namespace, work: str) -> list[Pass]:
         try:
             loadgen.ensure_bucket(target, "data")
             loadgen.sequential(target, replace(base, batch_size=200), Mode.BATCH_PUT)
-            one_pass("(page cache warm-up)", "petrel (local)", target, base)
+            alone = {"petrel": gateway.process.pid}
+            one_pass("(page cache warm-up)", "petrel (local)", target, base, alone)
             passes.append(one_pass("petrel batch get, local backend", "petrel (local)",
-                                   target, base))
+                                   target, base, alone))
         finally:
             stop_gateway(gateway)
     finally:
@@ -163,12 +198,24 @@ def report(passes: list[Pass], args: argparse.Namespace, argv: Sequence[str],
         f"connections ({args.get_concurrency} for the per-object GETs); petrel runs with "
         f"io_threads = {args.io_threads}.",
         "",
-        "| pass | objects/s | requests/s | p50 ms | p99 ms | errors | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "CPU columns: microseconds of CPU per object read, by the petrel gateway (all its "
+        "processes), SeaweedFS, and the load generator, over the pass.",
+        "",
+        "| pass | objects/s | requests/s | p50 ms | p99 ms | errors | seconds | "
+        "petrel CPU us/obj | SeaweedFS CPU us/obj | load generator CPU us/obj |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def per_object(p: Pass, party: str) -> str:
+        used = p.cpu_s.get(party)
+        objects = p.objects_per_s * p.seconds
+        return "" if used is None or not objects else f"{used * 1e6 / objects:.0f}"
+
     for p in passes:
         lines.append(f"| {p.name} | {p.objects_per_s:,.0f} | {p.requests_per_s:,.0f} | "
-                     f"{p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} | {p.seconds:.1f} |")
+                     f"{p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} | {p.seconds:.1f} | "
+                     f"{per_object(p, 'petrel')} | {per_object(p, 'SeaweedFS')} | "
+                     f"{per_object(p, 'load generator')} |")
     lines += [
         "",
         f"- cold batch get vs SeaweedFS per-object GET: **{cold / direct:.1f}x** "
