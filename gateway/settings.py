@@ -56,6 +56,9 @@ class GatewaySettings:
     # request to the primary (petrel_gateway.workers). Needs the fast lane, no TLS.
     # (`petrel serve` defaults to one per core: petrel.cli.serve._processes.)
     processes: int = 1
+    # Seconds between returns of freed heap memory to the operating system in every
+    # serving process (glibc malloc_trim; petrel_gateway.memory); 0 turns it off.
+    memory_trim_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -70,6 +73,8 @@ class GatewaySettings:
             raise ValueError("server.shutdown_drain_s must be >= 0")
         if self.reload_interval_s <= 0:
             raise ValueError("server.reload_interval_s must be > 0")
+        if self.memory_trim_interval_s < 0:
+            raise ValueError("server.memory_trim_interval_s must be >= 0")
         if self.processes < 1:
             raise ValueError(f"server.processes must be >= 1, got {self.processes}")
         if self.processes > 1 and (self.tls_cert_file or not self.fast_lane):

@@ -39,6 +39,7 @@ from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS, Inflight, Request
 from petrel_gateway.authn import VERIFIER, make_verifier
 from petrel_gateway.context import QOS, SETTINGS, STORE
 from petrel_gateway.fastlane import FastLane
+from petrel_gateway.memory import trim_periodically
 from petrel_gateway.metrics import Metrics
 from petrel_gateway.qos import Qos
 from petrel_gateway.writes import WriteClient
@@ -166,7 +167,10 @@ class _Reader:
         log.info("reader %d (pid %d) serving GET, HEAD, batch get and small PUTs on %s:%d",
                  self.number, os.getpid(), host, port)
         gc.freeze()  # as the primary does (petrel.cli.serve): startup objects stay
+        trimmer = asyncio.create_task(
+            trim_periodically(self.settings.memory_trim_interval_s))
         await self.stop.wait()
+        trimmer.cancel()
         app[INFLIGHT].draining = True  # new requests go to the primary meanwhile
         server.close()
         deadline = time.monotonic() + self.settings.shutdown_drain_s

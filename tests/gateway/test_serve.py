@@ -164,6 +164,7 @@ def test_credentials_file_with_two_pairs_and_env(tmp_path) -> None:  # type: ign
     ("[store]\nsegment_bytes_max = 10\n", "segment_bytes_max"),
     ("[server]\nprocesses = -1\n", "server.processes must be >= 0"),
     ("[server]\nprocesses = 2\nfast_lane = false\n", "server.processes > 1 needs"),
+    ("[server]\nmemory_trim_interval_s = -1\n", "server.memory_trim_interval_s must be >= 0"),
 ])
 def test_bad_config_fails_at_start(tmp_path, text, needle) -> None:  # type: ignore[no-untyped-def]
     config = _write_config(str(tmp_path / "bad.toml"), text)
