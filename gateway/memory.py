@@ -17,28 +17,15 @@ the GIL) every `interval_s`, and takes a few milliseconds. Where there is no gli
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
+
+from petrel.allocator import LIBC
 
 log = logging.getLogger("petrel.gateway")
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-MALLOC_TRIM = _malloc_trim()
+MALLOC_TRIM: Callable[[int], int] | None = None if LIBC is None else LIBC.malloc_trim
 
 
 async def trim_periodically(interval_s: float) -> None:

@@ -40,7 +40,7 @@ from urllib.parse import unquote
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 import urllib3
 
-from petrel import wire
+from petrel import allocator, wire
 from petrel.errors import (
     InternalError,
     MalformedBatch,
@@ -233,6 +233,9 @@ class Client:
         self.batch_threads = batch_threads
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
+        # Batches allocate and free thousands of payloads at once: keep the freed heap
+        # for the next batch (petrel.allocator; PETREL_MALLOC_TUNING=0 turns it off).
+        allocator.tune()
         self._init_process_state()
 
     def _init_process_state(self) -> None:
