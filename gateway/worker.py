@@ -33,7 +33,6 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from petrel import allocator
 from petrel.replica import Replica, replica_dir
 from petrel_gateway import channel as ch
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS, Inflight, RequestIds, reconfigure
@@ -184,7 +183,6 @@ class _Reader:
 def main() -> int:
     import uvloop
 
-    allocator.tune()  # as the primary does: freed heap kept for reuse (and trimmed)
     fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
     settings, store_config, host, port, number, level = pickle.load(sys.stdin.buffer)
     logging.basicConfig(level=level,

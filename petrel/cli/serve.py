@@ -454,7 +454,6 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
 
     from aiohttp import web
 
-    from petrel.allocator import tune as tune_allocator
     from petrel.index import IndexUnavailable
     from petrel_gateway.app import (
         METRICS,
@@ -469,7 +468,6 @@ async def _serve(settings: Any, store_config: Any, reload: Any, watched: list[st
     from petrel_gateway.memory import trim_periodically
     from petrel_gateway.workers import Workers
 
-    tune_allocator()  # petrel.allocator: freed heap kept for reuse (trimmed below)
     app = build_app(settings, store_config)
     # aiohttp's own shutdown cancels requests still reading their body; petrel drains
     # them first, so an upload in flight at SIGTERM completes and is acknowledged.
