@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 from bench import machine
-from bench.s3_servers import descendants
+from bench.s3_servers import tree_cpu_seconds
 from petrel import loadgen
 from petrel.loadgen import Mode, Plan, Target
 from petrel.testing.gateway import Gateway, start_gateway, stop_gateway
@@ -56,18 +56,8 @@ def log(message: str) -> None:
 
 
 def tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) used so far by `pid` and the processes under it."""
-    if pid is None:
-        return 0.0
-    total = 0
-    for member in [pid, *descendants(pid)]:
-        try:
-            with open(f"/proc/{member}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+    """CPU seconds used so far by `pid` and the processes under it (0 for None)."""
+    return 0.0 if pid is None else tree_cpu_seconds(pid)
 
 
 def _own_cpu_s() -> float:

@@ -131,15 +131,6 @@ def parse_folded(lines: Iterable[str]) -> Profile:
                    cats.most_common(), stacks.most_common(TOP_STACKS))
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime + stime of `pid` (all threads), or of its thread `tid`, from /proc."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path, encoding="ascii") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 def py_spy() -> str:
     candidate = os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(candidate):
@@ -167,8 +158,8 @@ def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: b
                "-p", str(server.pid), "-f", "raw", "--threads", "-o", folded_path]
     if native:
         command.append("--native")
-    cpu_before = cpu_seconds(server.pid)
-    loop_before = cpu_seconds(server.pid, server.pid)
+    cpu_before = servers.cpu_seconds(server.pid)
+    loop_before = servers.cpu_seconds(server.pid, server.pid)
     wrk = subprocess.Popen(command_for(server.endpoint, wrk_spec), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
@@ -179,8 +170,8 @@ def profiled_run(server: servers.Server, spec: LoadSpec, seconds: int, native: b
         if wrk.poll() is None:
             wrk.kill()
             wrk.wait()
-    cpu = cpu_seconds(server.pid) - cpu_before
-    loop_cpu = cpu_seconds(server.pid, server.pid) - loop_before
+    cpu = servers.cpu_seconds(server.pid) - cpu_before
+    loop_cpu = servers.cpu_seconds(server.pid, server.pid) - loop_before
     result = parse_output(raw, shlex.join(command_for(server.endpoint, wrk_spec)))
     with open(folded_path, encoding="utf-8", errors="replace") as handle:
         profile = parse_folded(handle)

@@ -103,6 +103,26 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of `pid` (all threads), or of its thread `tid`, from /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, encoding="ascii") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by `pid` and the processes under it (running ones)."""
+    total = 0.0
+    for member in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(member)
+        except OSError:  # exited meanwhile
+            continue
+    return total
+
+
 def memory(pid: int) -> Memory:
     """Summed over `pid` and its descendants: a server is all its processes (pages of
     files two of them map are counted twice in `file`)."""

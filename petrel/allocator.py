@@ -22,7 +22,6 @@ memory back every `memory_trim_interval_s` instead (petrel_gateway.memory).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any
 
@@ -38,11 +37,10 @@ _tuned = False
 
 
 def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The process's own symbols: libc is loaded already. (ctypes.util.find_library
+    # would run ldconfig in a subprocess, ~10 ms on every import of petrel.client.)
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         libc.mallopt  # noqa: B018 - present in glibc only
         libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(memory.MALLOC_TRIM is None, reason="no glibc mal
 # memory), all freed but the last, which pins the top of the heap so glibc's own
 # trimming of the top cannot give any of it back. RssAnon before and after the trim.
 _FRAGMENTED = textwrap.dedent("""
-    import sys
     from petrel_gateway.memory import MALLOC_TRIM
 
     def rss_anon_mib():
