@@ -46,7 +46,7 @@ from petrel.errors import NotServedHere, PetrelError, RequestTimeout
 from petrel.format import FLAG_LARGE
 from petrel.model import ByteRange
 from petrel.replica import Replica
-from petrel.store import Located
+from petrel.store import Located, Store
 from petrel_gateway import xml
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS
 from petrel_gateway.auth import AuthResult
@@ -193,7 +193,8 @@ class FastLane:
 
     def __init__(self, app: web.Application, full_stack: Callable[[], asyncio.Protocol],
                  idle_timeout_s: float,
-                 pass_on: Callable[[asyncio.Transport, bytes], None] | None = None) -> None:
+                 pass_on: Callable[[asyncio.Transport, bytes], None] | None = None,
+                 batch_gets: bool = True) -> None:
         self.app = app
         self.full_stack = full_stack
         # A reader process (petrel_gateway.worker): it answers GETs and HEADs from a
@@ -203,8 +204,10 @@ class FastLane:
         # A reader whose store passes small PUTs to the primary (petrel_gateway.writes)
         # takes them like the primary's lane does, instead of passing the connection on.
         self.takes_writes = False
-        self.batch_bytes_max = 0 if pass_on is None else \
-            batch.request_bytes_max(app[STORE].limits, with_data=False)
+        # Batch gets are answered in the lane, whole (up to
+        # batchread.WHOLE_ANSWER_BYTES_MAX of records); 0 leaves them to the full stack.
+        self.batch_bytes_max = batch.request_bytes_max(app[STORE].limits, with_data=False) \
+            if batch_gets else 0
         self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
         self.served = 0  # requests answered in the lane (tests read it)
@@ -454,22 +457,22 @@ class FastLane:
 
     def _batch_get(self, connection: _Connection, request: _Request, bucket: str,
                    admitted: bool) -> object:
-        """A batch get in a reader process (handlers/batch.py answers it in the
-        primary): checked as the full stack checks it, looked up before anything is
-        read (what a reader cannot answer goes to the primary), read in one merged
-        plan, answered whole in one writev."""
+        """A batch get answered in the lane (handlers/batch.py streams what is not):
+        checked as the full stack checks it, looked up before anything is read (what
+        this process cannot answer whole goes to the full stack, a reader's to the
+        primary), read in one merged plan, answered whole in one writev."""
         app = self.app
         inflight = app[INFLIGHT]
         if not admitted and inflight.count >= app[SETTINGS].inflight_requests_max:
-            return _HAND_OVER  # the primary answers 503 SlowDown
-        store = cast(Replica, app[STORE])  # only readers parse batch gets in the lane
+            return _HAND_OVER  # the full stack answers 503 SlowDown
+        store = cast("Store | Replica", app[STORE])
         started = time.perf_counter()
         request_id = app[REQUEST_IDS].next()
         headers = CIMultiDict(request.headers)
         try:
             identity = self._identify(request, headers, bucket, "batch_get_objects")
             if identity is None:
-                return _HAND_OVER  # anonymous, of a public-read bucket: the primary
+                return _HAND_OVER  # anonymous, of a public-read bucket: the full stack
             decoder = open_body(identity, headers)
             body = decoder.feed(request.body)
             decoder.finish()
@@ -481,10 +484,17 @@ class FastLane:
             self._fail(connection, request, exc, bucket, "", request_id,
                        "batch_get_objects", started)
             return None
+        try:  # QoS is on only in the primary (a reader hands every request over then)
+            admission = app[QOS].admit(identity.access_key_id, bucket, len(request.body))
+        except Exception as exc:  # noqa: BLE001 - SlowDown, answered as an S3 error
+            self._fail(connection, request, exc, bucket, "", request_id,
+                       "batch_get_objects", started)
+            return None
         inflight.count += 1
         connection.busy = True
 
         async def finish() -> None:
+            size = 0
             try:
                 results = await read_batch(store, items, lookup)
                 pieces: list[bytes | memoryview] = [
@@ -498,11 +508,14 @@ class FastLane:
                 self.served += 1
                 self._count("batch_get_objects", 200, started, size, len(request.body))
             except NotServedHere:  # bytes planned for went meanwhile (a cache eviction)
+                size = 0
                 connection.hand_over_busy(request.raw)
             except Exception as exc:  # noqa: BLE001 - answered as S3 errors
+                size = 0
                 self._fail(connection, request, exc, bucket, "", request_id,
                            "batch_get_objects", started)
             finally:
+                admission.done(size)
                 inflight.count -= 1
                 connection.done_waiting()
 

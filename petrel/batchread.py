@@ -98,6 +98,26 @@ def look_up(store: Store | Replica, items: Sequence[GetItem]) -> Lookup:
     return Lookup(requested, results, wants, large)
 
 
+# The most record bytes of a batch answered whole by the gateway's fast lane (held in
+# memory, sent in one writev); the full stack streams longer answers.
+WHOLE_ANSWER_BYTES_MAX = 16 * 1024 * 1024
+
+
+def look_up_whole(store: Store | Replica, items: Sequence[GetItem]) -> Lookup:
+    """`look_up` for an answer to be held whole: raises NotServedHere for a batch
+    holding a large object (streamed from the backend) or records adding up to more
+    than WHOLE_ANSWER_BYTES_MAX."""
+    lookup = look_up(store, items)
+    if lookup.large:
+        raise NotServedHere("a batch with a large object")
+    total = 0
+    for want in lookup.wants:
+        total += want.entry.location.length
+    if total > WHOLE_ANSWER_BYTES_MAX:
+        raise NotServedHere("a batch answer to stream")
+    return lookup
+
+
 async def read_batch(store: Store | Replica, items: Sequence[GetItem],
                      lookup: Lookup | None = None) -> list[GetResult]:
     """Results in request order; `lookup` when `look_up` was already called."""

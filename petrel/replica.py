@@ -38,7 +38,7 @@ import xxhash
 from petrel import format as fmt
 from petrel import index as ix
 from petrel.backends.cache import block_indexes, block_path, block_span, read_blocks_nowait
-from petrel.batchread import Lookup, look_up
+from petrel.batchread import Lookup, look_up_whole
 from petrel.errors import (
     CorruptionError,
     InvalidArgument,
@@ -62,9 +62,6 @@ _SLOT_MASK = _SLOTS - 1
 _SLOTS_AT = _GENERATION.size
 _GENERATION_FILE_BYTES = _SLOTS_AT + _SLOTS * _GENERATION.size
 _slot_hash = xxhash.xxh3_64_intdigest
-# The most record bytes a reader answers in one batch get (it holds the answer whole);
-# the primary streams larger answers. The gateway's own whole-answer bound.
-BATCH_ANSWER_BYTES_MAX = 16 * 1024 * 1024
 
 
 def replica_dir(data_dir: str) -> str:
@@ -367,18 +364,13 @@ class Replica:
         """The index lookup of a batch get, made before anything is read or sent.
         Raises NoSuchBucket, and NotServedHere for a batch the primary must answer: one
         holding a large object or a record in a segment that is not a local file, or
-        one whose records add up to more than BATCH_ANSWER_BYTES_MAX (answered in
-        one piece here; the primary streams longer answers)."""
+        one whose records add up to more than batchread.WHOLE_ANSWER_BYTES_MAX
+        (answered in one piece here; the primary streams longer answers)."""
         self.refresh(ix.bucket_key(bucket))
         row = self._bucket(bucket)
         prefix = ix.object_prefix(row.bucket_id)
         self.refresh(*(prefix + item.key.encode() for item in items))
-        lookup = look_up(self, items)
-        if lookup.large:
-            raise NotServedHere("a batch with a large object")
-        total = sum(want.entry.location.length for want in lookup.wants)
-        if total > BATCH_ANSWER_BYTES_MAX:
-            raise NotServedHere("a batch answer to stream")
+        lookup = look_up_whole(self, items)
         for want in lookup.wants:
             location = want.entry.location
             self._segments.check_cached(location.segment_id, location.offset,

@@ -77,6 +77,7 @@ from petrel.segments import SealedFiles
 from petrel.settings import StoreConfig
 
 if TYPE_CHECKING:
+    from petrel.batchread import Lookup
     from petrel.compaction import CompactionReport
 
 # Reads of a large object retried when its blob vanished because it was overwritten.
@@ -819,6 +820,15 @@ class Store:
         if len(items) > self.limits.batch_items_max:
             raise TooManyItems(f"at most {self.limits.batch_items_max} items per batch")
         return await read_batch(self, items)
+
+    def plan_batch(self, bucket: str, items: Sequence[GetItem]) -> Lookup:
+        """The index lookup of a batch get answered whole (the gateway's fast lane),
+        made before anything is read or sent. Raises NoSuchBucket, and NotServedHere
+        for a batch the full stack streams (petrel.batchread.look_up_whole)."""
+        from petrel.batchread import look_up_whole
+
+        self._bucket(bucket)
+        return look_up_whole(self, items)
 
     # ----- listing -----------------------------------------------------------------
     def list_objects(self, bucket: str, *, prefix: str = "", delimiter: str = "",

@@ -31,6 +31,7 @@ from rawhttp import (
     sign,
 )
 
+from petrel import wire
 from petrel.sigv4 import Signer
 from petrel.testing.gateway import Gateway, start_gateway, stop_gateway
 from petrel_gateway.fastlane import parse_head
@@ -393,9 +394,9 @@ def test_a_slow_body_is_awaited_in_the_lane(lane_gateway: Gateway, s3, bucket: s
     assert s3.get_object(Bucket=bucket, Key="slow")["Body"].read() == body
 
 
-def test_only_readers_parse_batch_gets_in_the_lane() -> None:
-    """The primary leaves a batch get to aiohttp's handler; a reader process (given
-    the largest body) parses it in the lane. An empty body is no exception."""
+def test_batch_gets_are_parsed_in_the_lane_when_given_their_bound() -> None:
+    """A lane given the largest batch get body parses a batch get (an empty body is no
+    exception); without it (batch gets off) it leaves them to the full stack."""
     for body in (b"", b"xyz"):
         request = (b"POST /bkt?batch-get HTTP/1.1\r\nHost: h\r\nContent-Length: "
                    + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -404,6 +405,54 @@ def test_only_readers_parse_batch_gets_in_the_lane() -> None:
         assert parsed is not None and parsed.method == "POST" and parsed.body == body
     other = b"POST /bkt?delete HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
     assert parse_head(other, 1024, batch_bytes_max=4096) is None
+
+
+def _batch_get_request(bucket: str, port: int,
+                       items: list[tuple[str, tuple[int, int | None] | None]]) -> bytes:
+    body = wire.encode_get_request(items)
+    return _signed("POST", f"/{bucket}?batch-get", port,
+                   {"Content-Length": str(len(body)), "Content-Type": wire.CONTENT_TYPE},
+                   body=body, payload_hash=hashlib.sha256(body).hexdigest())
+
+
+def test_batch_get_matches_the_full_stack(lane_gateway: Gateway, s3, bucket: str) -> None:
+    """A batch get answered whole in the lane (in whichever process took the
+    connection) is byte for byte the full stack's answer: found, missing and ranged
+    items, in order."""
+    bodies = {f"b/{i:02d}": os.urandom(100 + 997 * i) for i in range(20)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    items: list[tuple[str, tuple[int, int | None] | None]] = \
+        [(key, None) for key in reversed(bodies)]
+    items += [("b/missing", None), ("b/03", (5, 10)), ("b/01", None)]
+    got = _same_answer(lane_gateway, _batch_get_request(bucket, lane_gateway.port, items),
+                       method="POST")
+    assert got.status == 200 and got.headers["content-type"] == wire.CONTENT_TYPE
+    frames = wire.decode(got.body, wire.Kind.GET_RESPONSE)
+    assert [(f.key, f.status) for f in frames] == \
+        [(key, wire.Status.NOT_FOUND if key == "b/missing" else wire.Status.OK)
+         for key, _ in items]
+    expected = [bodies[key] for key in reversed(bodies)] + \
+        [b"", bodies["b/03"][5:15], bodies["b/01"]]
+    assert [bytes(f.data) for f in frames] == expected
+    missing = _same_answer(lane_gateway, _batch_get_request("no-such-bucket-lane",
+                                                            lane_gateway.port, items),
+                           method="POST")
+    assert (missing.status, missing.code) == (404, "NoSuchBucket")
+
+
+def test_a_batch_with_a_large_object_goes_to_the_full_stack(lane_gateway: Gateway, s3,
+                                                            bucket: str) -> None:
+    small, large = os.urandom(1000), os.urandom(PACK_THRESHOLD + 1)
+    s3.put_object(Bucket=bucket, Key="small", Body=small)
+    s3.put_object(Bucket=bucket, Key="large", Body=large)
+    served, handed = _counts(lane_gateway)
+    response = _exchange(lane_gateway.port, [_batch_get_request(
+        bucket, lane_gateway.port, [("small", None), ("large", None)])], method="POST")[0]
+    assert _counts(lane_gateway) == (served, handed + 1)
+    assert response.status == 200
+    frames = wire.decode(response.body, wire.Kind.GET_RESPONSE)
+    assert [bytes(f.data) for f in frames] == [small, large]
 
 
 def test_expect_100_continue_put_stays_in_the_lane(lane_gateway: Gateway, s3,
