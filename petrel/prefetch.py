@@ -1,9 +1,10 @@
 """The pre-read cache: fetch ahead of a reader whose future order of keys is known.
 
 A training loop knows its order in advance (a sampler's index list, a manifest). The
-cache takes that order as a *plan*, cut into batches, and a background thread fetches
-the batches ahead of the reader with one `fetch` call each (`petrel.Client.fetch_batch`
-fits: one batch request per call), into memory bounded in bytes. Objects stay after they
+cache takes that order as a *plan*, cut into batches, and background threads fetch the
+batches ahead of the reader with one `fetch` call each (`petrel.Client.fetch_batch`
+fits: one batch request per call), `fetch_threads` calls in flight at once, into memory
+bounded in bytes. Objects stay after they
 are read, in an LRU, so the next epoch finds them there.
 
     cache = PrefetchCache(client.fetch_batch, PrefetchSettings(cache_bytes_max=1 << 30))
@@ -17,19 +18,20 @@ Contracts:
 - Memory: the bytes of cached objects never exceed `cache_bytes_max`. What does not fit
   when a batch arrives is dropped (counted in `dropped`) and read later with a direct
   fetch; so a cache smaller than one batch still works, it only fetches more.
-- Look-ahead is bounded in batches and bytes: the thread waits for the reader once
-  `lookahead_batches_max` batches are fetched but not fully read, or their objects hold
+- Look-ahead is bounded in batches and bytes: the threads wait for the reader once
+  `lookahead_batches_max` batches are fetched or being fetched but not fully read, or
+  their objects (those in flight estimated at the average size so far) hold
   `lookahead_bytes_max` bytes.
 - No deadlock: a reader waits only for a fetch that is already in flight, which ends
   whatever the cache holds. A planned key whose batch is not fetched yet is fetched by
   the reader itself (the whole batch, once); a key that is not in the plan is fetched
-  directly. The thread never waits for the reader while it holds a fetch result.
+  directly. A thread never waits for the reader while it holds a fetch result.
 - Errors: a per-item error, or the error of a whole fetch call, is raised when (and
   each time) a read consumes that planned key, never earlier, never dropped.
 - Fork: a cache used in a child process forgets its parent's state (contents, plan,
-  thread and locks) and starts its own thread when given a plan there.
-- Threads: the thread runs only while the plan has batches to fetch; `close()` (or the
-  context manager) stops it and waits for it, at most `close_timeout_s`.
+  threads and locks) and starts its own threads when given a plan there.
+- Threads: they run only while the plan has batches to fetch; `close()` (or the context
+  manager) stops them and waits for them, at most `close_timeout_s` in all.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +64,10 @@ class PrefetchSettings:
     batch_items: int = 256
     lookahead_batches_max: int = 8
     lookahead_bytes_max: int = 256 * MiB
+    # Fetch calls in flight at once, each in its own thread: with one at a time the
+    # gateway idles while the client decodes an answer, and a gateway with reader
+    # processes answers several requests in parallel.
+    fetch_threads: int = 4
     # How long close() waits for a fetch in flight before leaving the (daemon) thread.
     close_timeout_s: float = 30.0
     # A waiting reader re-checks at least this often (a guard, not a timeout).
@@ -75,6 +82,8 @@ class PrefetchSettings:
             raise ValueError(f"lookahead_batches_max={self.lookahead_batches_max} < 1")
         if self.lookahead_bytes_max < 0:
             raise ValueError(f"lookahead_bytes_max={self.lookahead_bytes_max} < 0")
+        if self.fetch_threads < 1:
+            raise ValueError(f"fetch_threads={self.fetch_threads} < 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +161,7 @@ class _Plan:
     where: dict[str, _Batch | deque[_Batch]] = field(default_factory=dict)
     cursor: int = 0  # no batch before this index is PENDING
     ahead_batches: int = 0  # batches out of PENDING with reads left
+    fetching_keys: int = 0  # keys of the batches the threads are fetching now
 
 
 _UNSET = object()
@@ -179,7 +189,7 @@ class PrefetchCache:
         # while they were in flight (given to the entry when it arrives).
         self._in_flight: set[str] = set()
         self._deferred_pins: dict[str, int] = {}
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     def _here(self) -> None:
@@ -257,21 +267,23 @@ class PrefetchCache:
             self._reset_process_state()
         with self._cond:
             self._closed = True
-            thread, self._thread = self._thread, None
+            threads, self._threads = self._threads, []
             self._plan = _Plan()
             self._entries.clear()
             self._lru.clear()
             self._deferred_pins.clear()
             self._bytes = self._pinned_bytes = 0
             self._cond.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.settings.close_timeout_s)
+        deadline = time.monotonic() + self.settings.close_timeout_s
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def thread_alive(self) -> bool:
         """Whether this process has a prefetch thread running (for tests and tools)."""
-        thread = self._thread if self._pid == os.getpid() else None
-        return thread is not None and thread.is_alive()
+        threads = self._threads if self._pid == os.getpid() else []
+        return any(thread.is_alive() for thread in threads)
 
     def __enter__(self) -> PrefetchCache:
         return self
@@ -412,29 +424,36 @@ class PrefetchCache:
 
     # ----- fetching ------------------------------------------------------------------------
     def _start_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
+        """Under the lock: start threads up to `fetch_threads` for a plan with batches
+        to fetch. A thread leaves the list (under the lock) before it ends."""
         if not any(batch.state is _State.PENDING for batch in self._plan.batches):
             return
-        self._thread = threading.Thread(target=self._run, name="petrel-prefetch",
-                                        daemon=True)
-        self._thread.start()
+        while len(self._threads) < self.settings.fetch_threads:
+            thread = threading.Thread(target=self._run, name="petrel-prefetch", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _run(self) -> None:
-        """The prefetch thread: fetch the next batches while the look-ahead allows."""
+        """A prefetch thread: fetch the next batches while the look-ahead allows."""
         while True:
             with self._cond:
                 batch = self._next_to_fetch()
                 while batch is None:
                     if self._closed or not self._has_pending():
-                        if self._thread is threading.current_thread():
-                            self._thread = None
+                        if threading.current_thread() in self._threads:
+                            self._threads.remove(threading.current_thread())
                         return
                     self._cond.wait(self.settings.wait_poll_s)
                     batch = self._next_to_fetch()
                 batch.state = _State.IN_FLIGHT
                 self._plan.ahead_batches += 1
-            self._fetch_batch(batch)
+                plan = self._plan
+                plan.fetching_keys += len(batch.keys)
+            try:
+                self._fetch_batch(batch)
+            finally:
+                with self._cond:
+                    plan.fetching_keys -= len(batch.keys)
 
     def _has_pending(self) -> bool:
         plan = self._plan
@@ -450,11 +469,14 @@ class PrefetchCache:
         settings = self.settings
         if self._plan.ahead_batches >= settings.lookahead_batches_max:
             return None
-        batch = self._plan.batches[self._plan.cursor]
-        if self._pinned_bytes:  # with nothing pinned, one batch may always go
+        plan = self._plan
+        batch = plan.batches[plan.cursor]
+        # With nothing pinned or in flight, one batch may always go.
+        if self._pinned_bytes or plan.fetching_keys:
+            ahead = self._pinned_bytes + self._average_size() * plan.fetching_keys
             estimate = self._average_size() * len(batch.keys)
-            if self._pinned_bytes >= settings.lookahead_bytes_max or \
-                    self._pinned_bytes + estimate > settings.cache_bytes_max:
+            if ahead >= settings.lookahead_bytes_max or \
+                    ahead + estimate > settings.cache_bytes_max:
                 return None
         return batch
 

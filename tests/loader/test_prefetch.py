@@ -94,13 +94,57 @@ def test_plan_reads_every_key_once_in_batches(client: Client, objects: Objects,
         stats = cache.stats()
     assert got == [objects.digests[url] for url in order]
     assert set(fetch.counts().values()) == {1} and set(fetch.counts()) == set(order)
-    # Every call was one whole batch of the plan, in plan order.
-    assert fetch.calls == [order[i:i + 64] for i in range(0, len(order), 64)]
+    # Every call was one whole batch of the plan (several fetch at once, so the calls
+    # may start in any order).
+    assert sorted(fetch.calls) == sorted(order[i:i + 64] for i in range(0, len(order), 64))
     assert batch_gets(gateway) - before == len(fetch.calls) == stats.fetch_calls == 10
     assert stats.keys_fetched == len(order)
     assert stats.bytes_fetched == sum(objects.sizes.values())
     assert stats.hits + stats.misses == len(order)
     assert stats.misses <= stats.fetch_calls  # a miss here: the reader fetched a batch
+
+
+def test_one_thread_fetches_in_plan_order(client: Client, objects: Objects) -> None:
+    order = shuffled(objects.urls, 3)
+    fetch = Recorder(client)
+    with PrefetchCache(fetch, PrefetchSettings(batch_items=50, fetch_threads=1)) as cache:
+        cache.plan(order)
+        assert [digest(d) for d in run_bounded(lambda: cache.get_many(order))] == \
+            [objects.digests[url] for url in order]
+    assert fetch.calls == [order[i:i + 50] for i in range(0, len(order), 50)]
+
+
+def test_fetch_threads_are_in_flight_together(client: Client, objects: Objects) -> None:
+    """`fetch_threads` calls run at once (each fetch here waits until three have
+    started, or 5 s), never more, and the look-ahead counts those in flight."""
+    started = threading.Semaphore(0)
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+
+    def fetch(keys: Sequence[str]) -> list[FetchResult]:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        started.release()
+        deadline = time.monotonic() + 5.0
+        while running[1] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            return list(client.fetch_batch(keys))
+        finally:
+            with lock:
+                running[0] -= 1
+
+    settings = PrefetchSettings(batch_items=20, fetch_threads=3, lookahead_batches_max=5)
+    with PrefetchCache(fetch, settings) as cache:
+        cache.plan(objects.urls)
+        for _ in range(5):
+            assert started.acquire(timeout=WAIT_S)
+        time.sleep(0.3)  # time enough for a sixth fetch, were it allowed
+        assert not started.acquire(timeout=0)
+        assert running[1] == 3  # (once reads start, a reader may fetch a batch itself)
+        got = run_bounded(lambda: [cache.get(url) for url in objects.urls])
+    assert [digest(d) for d in got] == [objects.digests[url] for url in objects.urls]
 
 
 def test_get_many_and_direct_fallback(client: Client, objects: Objects) -> None:
