@@ -1,5 +1,5 @@
-"""The fast lane: GetObject, HeadObject and PutObject of packed objects without
-aiohttp's per-request machinery.
+"""The fast lane: GetObject, HeadObject and PutObject of packed objects, and batch gets
+answered whole, without aiohttp's per-request machinery.
 
 Every connection starts in the lane. A request it can serve is answered from
 `data_received`: one HTTP/1.1 GET, HEAD or PUT of an object with nothing pipelined
@@ -112,8 +112,8 @@ def parse_head(data: bytes, body_bytes_max: int, batch_bytes_max: int = 0
     of its body that `data` holds (a PUT's or POST's body may be incomplete: see
     `complete`); None for anything else, and for bytes beyond the request (the full
     stack then parses it all, and answers what is malformed). A batch get (POST
-    ?batch-get) is one only when `batch_bytes_max` (its largest body) is given: reader
-    processes serve it here. Header names come back lower-cased, values without
+    ?batch-get) is one only when `batch_bytes_max` (its largest body) is given (0: batch
+    gets off in this lane). Header names come back lower-cased, values without
     surrounding blanks."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > _HEAD_BYTES_MAX:

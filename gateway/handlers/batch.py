@@ -2,6 +2,12 @@
 BatchPutObjects (`POST /bucket?batch-put`). Bodies in both directions are petrel batch
 streams (petrel/wire.py, docs/wire.md).
 
+Most batch gets never reach this handler: the fast lane (petrel_gateway.fastlane)
+answers those it can hold whole, in every serving process. This one answers the rest:
+answers to stream, batches holding a large object, anonymous ones (of a public-read
+bucket), and whatever else the lane hands over (a head that arrived in pieces, a
+gateway draining for shutdown or at its in-flight limit).
+
 A batch get answers 200 with one frame per requested key, in request order, read in
 windows of keys; a key that is missing or fails (a range past the end, a corrupt record)
 gets its own NOT_FOUND or ERROR frame and the stream goes on. An answer that fits
