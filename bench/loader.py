@@ -8,7 +8,8 @@ SeaweedFS server started here on 127.0.0.1:
 - per-request GET through boto3 with a thread pool (what users do today), against petrel
   and against SeaweedFS; and petrel.Client.get per request with the same pool;
 - `petrel.Client.get_batch` (calls of `--batch-call` URLs) and the pre-read path
-  (PrefetchCache planned with the order, read with get_many per 256);
+  (PrefetchCache planned with the order, read with get_many per 256), with its default
+  fetch threads and with one;
 - a DataLoader (batch 256, 2 workers, fork) over petrel.torch.Dataset, over a dataset
   that calls boto3 get_object per sample, and over a dataset reading local files.
 Every run reads the same shuffled order, at most its object count and its time limit
@@ -186,8 +187,10 @@ def batch_gets(client: Client, urls: Sequence[str], call: int, limit_s: float) -
                f"{call} URLs per call, client batch_size 1000, 4 requests in flight")
 
 
-def preread(client: Client, urls: Sequence[str], limit_s: float) -> Run:
-    settings = PrefetchSettings(batch_items=1000, lookahead_batches_max=8)
+def preread(client: Client, urls: Sequence[str], limit_s: float,
+            fetch_threads: int = PrefetchSettings().fetch_threads) -> Run:
+    settings = PrefetchSettings(batch_items=1000, lookahead_batches_max=8,
+                                fetch_threads=fetch_threads)
     start = time.perf_counter()
     deadline = time.monotonic() + limit_s
     count = total = 0
@@ -201,9 +204,11 @@ def preread(client: Client, urls: Sequence[str], limit_s: float) -> Run:
             if time.monotonic() > deadline:
                 break
         stats = cache.stats()
-    note = (f"PrefetchCache batches of 1000, read 256 at a time; hits {stats.hits}, "
-            f"misses {stats.misses}, waits {stats.waits}")
-    return Run("petrel pre-read cache", count, time.perf_counter() - start, total, note)
+    note = (f"PrefetchCache batches of 1000, {fetch_threads} fetching, read 256 at a time; "
+            f"hits {stats.hits}, misses {stats.misses}, waits {stats.waits}")
+    name = "petrel pre-read cache" if fetch_threads == PrefetchSettings().fetch_threads else \
+        f"petrel pre-read cache, {fetch_threads} fetch thread{'s' if fetch_threads > 1 else ''}"
+    return Run(name, count, time.perf_counter() - start, total, note)
 
 
 # ----- DataLoader runs -------------------------------------------------------------------
@@ -294,6 +299,7 @@ def run_size(size: int, plan: Plan, client: Client, petrel: Server, weed: Server
     runs.append(batch_gets(client, urls, plan.batch_call, plan.batch_s))
     log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
     runs.append(preread(client, urls, plan.batch_s))
+    runs.append(preread(client, urls, plan.batch_s, fetch_threads=1))  # as before 2026-11-24
     log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
 
     conf = client.config.path

@@ -172,10 +172,11 @@ def petrel_index_memory(server: Server) -> int | None:
 
 
 def _spawn(command: list[str], log_path: str, env: dict[str, str] | None = None,
-           ) -> subprocess.Popen[bytes]:
+           cwd: str | None = None) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                start_new_session=True)
 
 
 def _wait_http(server: Server, path: str, ok_statuses: tuple[int, ...]) -> None:
@@ -200,8 +201,29 @@ def _wait_http(server: Server, path: str, ok_statuses: tuple[int, ...]) -> None:
     raise RuntimeError(f"{server.name} did not answer {url} within {START_TIMEOUT_S} s")
 
 
+@dataclass(frozen=True, slots=True)
+class SourceTree:
+    """Another checkout of petrel to run a gateway from (bench.ab): `root` holds its
+    `petrel/` (found first as the working directory of `python -m petrel`) and
+    `import_root` a `petrel_gateway` link to its `gateway/` (put on PYTHONPATH, ahead of
+    the installed tree's)."""
+
+    root: str
+    import_root: str
+
+    @classmethod
+    def link(cls, root: str, scratch_dir: str) -> SourceTree:
+        import_root = os.path.join(scratch_dir, "import-root")
+        os.makedirs(import_root, exist_ok=True)
+        os.symlink(os.path.join(root, "gateway"), os.path.join(import_root, "petrel_gateway"))
+        return cls(root, import_root)
+
+
 def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
-                 log_dir: str, processes: int = 0) -> Server:
+                 log_dir: str, processes: int = 0, source: SourceTree | None = None
+                 ) -> Server:
+    """`petrel serve` on 127.0.0.1; from `source` (another checkout) if given, else
+    from the installed (this) tree."""
     port = free_port()
     command = [sys.executable, "-m", "petrel", "serve", "--data", data_dir, "--host", HOST,
                "--port", str(port), "--access-key", creds.access_key,
@@ -209,8 +231,11 @@ def start_petrel(name: str, data_dir: str, durability: str, creds: Credentials,
                "--log-level", "warning", "--processes", str(processes)]
     os.makedirs(data_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
-    server = Server(name, port, _spawn(command, log_path), log_path, durability, command,
-                    data_dir=data_dir)
+    env = cwd = None
+    if source is not None:
+        env, cwd = {**os.environ, "PYTHONPATH": source.import_root}, source.root
+    server = Server(name, port, _spawn(command, log_path, env, cwd), log_path, durability,
+                    command, data_dir=data_dir)
     _wait_http(server, "/healthz", (200,))
     return server
 
