@@ -67,12 +67,12 @@ def _git(*args: str) -> str:
                           text=True, timeout=60).stdout.strip()
 
 
-def _client(work: str, name: str, server: Server) -> Client:
+def _client(work: str, name: str, server: Server, batch_size: int = 1000) -> Client:
     conf = os.path.join(work, f"{name}.conf")
     with open(conf, "w", encoding="utf-8") as handle:
         handle.write(f"[DEFAULT]\ndefault_cluster = ab\n[ab]\nhost_base = {server.endpoint}\n"
                      f"access_key = {CREDS.access_key}\nsecret_key = {CREDS.secret_key}\n")
-    return Client(conf, batch_size=1000)
+    return Client(conf, batch_size=batch_size)
 
 
 def _store(client: Client, urls: Sequence[str], size: int) -> None:
@@ -115,7 +115,8 @@ def report(args: argparse.Namespace, before_rev: str, after_desc: str,
              f"after = {after_desc}. {args.objects:,} objects of {args.size:,} bytes in each "
              f"gateway (`petrel serve`, default processes, durability batch); each pass "
              f"reads all of them once, shuffled, {args.call} URLs per get_batch call "
-             "(client batch_size 1000, 4 requests in flight), with a fresh client.", "",
+             f"(client batch_size {args.batch_size}, 4 requests in flight), with a fresh "
+             "client.", "",
              "Pairs run before-after, then after-before, and so on.", "",
              "| pair | side | objects/s | gateway CPU us/object | client CPU us/object |",
              "|---:|---|---:|---:|---:|"]
@@ -143,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--call", type=int, default=4000, help="URLs per get_batch call")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="the client's batch_size: keys per batch request")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.objects < args.call or args.size < 1:
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sides = ("before", "after") if number % 2 == 0 else ("after", "before")
             done: dict[str, Pass] = {}
             for side in sides:
-                client = _client(work, side, servers[side])
+                client = _client(work, side, servers[side], args.batch_size)
                 done[side] = one_pass(side, servers[side], client, order, args.call)
                 client.close()
                 print(f"{side}: {done[side].objects_per_s:,.0f} objects/s, gateway "
