@@ -193,8 +193,7 @@ class FastLane:
 
     def __init__(self, app: web.Application, full_stack: Callable[[], asyncio.Protocol],
                  idle_timeout_s: float,
-                 pass_on: Callable[[asyncio.Transport, bytes], None] | None = None,
-                 batch_gets: bool = True) -> None:
+                 pass_on: Callable[[asyncio.Transport, bytes], None] | None = None) -> None:
         self.app = app
         self.full_stack = full_stack
         # A reader process (petrel_gateway.worker): it answers GETs and HEADs from a
@@ -205,9 +204,8 @@ class FastLane:
         # takes them like the primary's lane does, instead of passing the connection on.
         self.takes_writes = False
         # Batch gets are answered in the lane, whole (up to
-        # batchread.WHOLE_ANSWER_BYTES_MAX of records); 0 leaves them to the full stack.
-        self.batch_bytes_max = batch.request_bytes_max(app[STORE].limits, with_data=False) \
-            if batch_gets else 0
+        # batchread.WHOLE_ANSWER_BYTES_MAX of records): parse_head takes their bodies.
+        self.batch_bytes_max = batch.request_bytes_max(app[STORE].limits, with_data=False)
         self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
         self.served = 0  # requests answered in the lane (tests read it)

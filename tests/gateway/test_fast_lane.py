@@ -395,8 +395,8 @@ def test_a_slow_body_is_awaited_in_the_lane(lane_gateway: Gateway, s3, bucket: s
 
 
 def test_batch_gets_are_parsed_in_the_lane_when_given_their_bound() -> None:
-    """A lane given the largest batch get body parses a batch get (an empty body is no
-    exception); without it (batch gets off) it leaves them to the full stack."""
+    """parse_head given the largest batch get body parses a batch get (an empty body
+    is no exception); without it, it leaves them to the full stack."""
     for body in (b"", b"xyz"):
         request = (b"POST /bkt?batch-get HTTP/1.1\r\nHost: h\r\nContent-Length: "
                    + str(len(body)).encode() + b"\r\n\r\n" + body)
