@@ -54,6 +54,8 @@ class _Reader:
         # Scrapes waiting for this reader's metrics, oldest first: it answers each
         # COLLECT once, in order, so replies pair with these (concurrent scrapes too).
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        # Its latest metrics, given to a scrape it does not answer in time.
+        self.last_samples: Any = None
 
 
 class Workers:
@@ -114,6 +116,7 @@ class Workers:
             writes_theirs.close()
         reader.process, reader.link, reader.started = process, ch.Channel(mine), \
             time.monotonic()
+        reader.last_samples = None  # a new process counts from zero
         # The reader's small PUTs, stored here (petrel_gateway.writes); the link ends
         # with the reader.
         writes = self._loop.create_task(self._loop.create_unix_connection(
@@ -179,15 +182,19 @@ class Workers:
         task.add_done_callback(_log_failure)
 
     def _got_samples(self, reader: _Reader, samples: Any) -> None:
+        reader.last_samples = samples
         if reader.waiting:
             waiting = reader.waiting.popleft()
             if not waiting.done():  # not given up on by its scrape
                 waiting.set_result(samples)
 
     async def samples(self) -> list[Any]:
-        """Every live reader's request metrics (petrel_gateway.metrics.Metrics.samples);
-        a reader that does not answer in time is left out of this scrape."""
-        waits = []
+        """Every live reader's request metrics (petrel_gateway.metrics.Metrics.samples).
+        A reader that does not answer within _COLLECT_TIMEOUT_S (busy, stopped) counts
+        with the numbers of its last answer: left out, its counters would drop from
+        the sums for one scrape and come back in the next, which Prometheus takes for
+        a counter reset (a spike in every rate)."""
+        waits: list[tuple[_Reader, asyncio.Future[Any]]] = []
         for reader in self.readers:
             if reader.link is None:
                 continue
@@ -197,11 +204,18 @@ class Workers:
             except ch.ChannelClosed:
                 continue
             reader.waiting.append(waiting)
-            waits.append(waiting)
+            waits.append((reader, waiting))
         if not waits:
             return []
-        done, _ = await asyncio.wait(waits, timeout=_COLLECT_TIMEOUT_S)
-        return [future.result() for future in waits if future in done]
+        done, _ = await asyncio.wait([waiting for _, waiting in waits],
+                                     timeout=_COLLECT_TIMEOUT_S)
+        answers = []
+        for reader, waiting in waits:
+            if waiting in done:
+                answers.append(waiting.result())
+            elif reader.last_samples is not None:
+                answers.append(reader.last_samples)
+        return answers
 
     def reconfigure(self, settings: Any) -> None:
         """Pass reloaded settings (key pairs, QoS limits) on to every reader."""
