@@ -168,6 +168,24 @@ _SUMMED_TYPES = frozenset({"counter", "histogram"})
 Samples = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
 
 
+def add_samples(total: Samples, more: Samples) -> Samples:
+    """`total` and `more` summed sample by sample (families matched by name and type,
+    samples by name and labels; `_created` timestamps left out): what the counters of
+    processes that have ended add to the gateway's sums."""
+    families: dict[tuple[str, str], tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                  tuple[str, dict[str, str], float]]]] = {}
+    for name, kind, documentation, values in (*total, *more):
+        _, samples = families.setdefault((name, kind), (documentation, {}))
+        for sample_name, labels, value in values:
+            if sample_name.endswith("_created"):
+                continue
+            slot = (sample_name, tuple(sorted(labels.items())))
+            known = samples.get(slot)
+            samples[slot] = (sample_name, labels, value + (known[2] if known else 0.0))
+    return [(name, kind, documentation, list(samples.values()))
+            for (name, kind), (documentation, samples) in families.items()]
+
+
 class _Families:
     """What generate_latest renders: families already collected."""
 

@@ -29,6 +29,7 @@ from typing import Any
 from petrel.replica import Generation, replica_dir
 from petrel_gateway import channel as ch
 from petrel_gateway.fastlane import FastLane
+from petrel_gateway.metrics import Samples, add_samples
 from petrel_gateway.writes import WriteServer
 
 log = logging.getLogger("petrel.workers")
@@ -70,6 +71,8 @@ class Workers:
         self.readers = [_Reader(number) for number in range(1, processes)]
         self.handed_on = 0  # connections the readers passed here
         self.restarts = 0
+        # The summed metrics of reader processes that have ended (their last numbers).
+        self._retired: Samples = []
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
@@ -139,6 +142,12 @@ class Workers:
                           lived_s, reader.delay_s)
                 reader.process = None
                 reader.waiting.clear()  # its scrapes time out; the next process starts afresh
+                if reader.last_samples is not None:
+                    # What it counted stays in the sums: without it they would drop, a
+                    # counter reset to Prometheus, whose rate() then counts every other
+                    # process's whole total as new.
+                    self._retired = add_samples(self._retired, reader.last_samples)
+                    reader.last_samples = None
                 if reader.link is not None:
                     reader.link.close()
                     reader.link = None
@@ -162,7 +171,7 @@ class Workers:
                     self._loop.call_soon_threadsafe(self._adopt, fd, payload)
                     fd = None
                 elif kind == ch.SAMPLES:
-                    self._loop.call_soon_threadsafe(self._got_samples, reader,
+                    self._loop.call_soon_threadsafe(self._got_samples, reader, link,
                                                     pickle.loads(payload))
                 elif kind == ch.TOUCHED:
                     touch = getattr(self._store.backend, "touch", None)  # a CachedBackend's
@@ -181,7 +190,9 @@ class Workers:
         task = self._loop.create_task(self.lane.adopt(sock, received))
         task.add_done_callback(_log_failure)
 
-    def _got_samples(self, reader: _Reader, samples: Any) -> None:
+    def _got_samples(self, reader: _Reader, link: ch.Channel, samples: Any) -> None:
+        if link is not reader.link:
+            return  # from a process that has ended since (its last numbers are retired)
         reader.last_samples = samples
         if reader.waiting:
             waiting = reader.waiting.popleft()
@@ -189,11 +200,11 @@ class Workers:
                 waiting.set_result(samples)
 
     async def samples(self) -> list[Any]:
-        """Every live reader's request metrics (petrel_gateway.metrics.Metrics.samples).
-        A reader that does not answer within _COLLECT_TIMEOUT_S (busy, stopped) counts
-        with the numbers of its last answer: left out, its counters would drop from
-        the sums for one scrape and come back in the next, which Prometheus takes for
-        a counter reset (a spike in every rate)."""
+        """Every reader's request metrics (petrel_gateway.metrics.Metrics.samples), and
+        those of readers that have ended. A reader that does not answer within
+        _COLLECT_TIMEOUT_S (busy, stopped) counts with the numbers of its last answer:
+        left out, its counters would drop from the sums for one scrape and come back in
+        the next, which Prometheus takes for a counter reset (a spike in every rate)."""
         waits: list[tuple[_Reader, asyncio.Future[Any]]] = []
         for reader in self.readers:
             if reader.link is None:
@@ -205,11 +216,11 @@ class Workers:
                 continue
             reader.waiting.append(waiting)
             waits.append((reader, waiting))
+        answers = [self._retired] if self._retired else []
         if not waits:
-            return []
+            return answers
         done, _ = await asyncio.wait([waiting for _, waiting in waits],
                                      timeout=_COLLECT_TIMEOUT_S)
-        answers = []
         for reader, waiting in waits:
             if waiting in done:
                 answers.append(waiting.result())

@@ -152,14 +152,32 @@ def test_other_requests_are_passed_to_the_primary(multi) -> None:  # type: ignor
     assert _metric(multi, "petrel_requests_total") - before == requests
 
 
+def _settled_metric(gateway: Gateway, name: str) -> float:
+    """`name` once two scrapes in a row agree (every reader answered both)."""
+    total = _metric(gateway, name)
+    for _ in range(10):
+        again = _metric(gateway, name)
+        if again == total:
+            break
+        total = again
+    return total
+
+
 def test_a_reader_that_dies_is_started_again(multi) -> None:  # type: ignore[no-untyped-def]
+    """...and what it counted stays in the sums (a drop would be a counter reset)."""
     client = make_client(multi.endpoint)
     client.create_bucket(Bucket="phoenix")
     client.put_object(Bucket="phoenix", Key="k", Body=b"still here")
+    _wait_readers(multi)
+    for _ in range(24):  # some land on the victim
+        assert _fresh(multi).get_object(Bucket="phoenix", Key="k")["Body"].read() == \
+            b"still here"
+    counted = _settled_metric(multi, "petrel_requests_total")
     victim = _reader_pids(multi)[1]
     os.kill(victim, signal.SIGKILL)
     _wait_readers(multi, starts=READERS + 1)
     assert _reader_pids(multi)[1] != victim
+    assert _settled_metric(multi, "petrel_requests_total") == counted
     for _ in range(10):
         assert _fresh(multi).get_object(Bucket="phoenix", Key="k")["Body"].read() == \
             b"still here"
@@ -254,12 +272,7 @@ def test_a_reader_that_does_not_answer_a_scrape_counts_with_its_last_numbers(mul
     _wait_readers(multi)
     for _ in range(24):
         assert _fresh(multi).get_object(Bucket="frozen-scrape", Key="k")["Body"].read() == b"v"
-    total = _metric(multi, "petrel_requests_total")
-    for _ in range(10):  # settled: two scrapes in a row agree (every reader answered)
-        again = _metric(multi, "petrel_requests_total")
-        if again == total:
-            break
-        total = again
+    total = _settled_metric(multi, "petrel_requests_total")
     for pid in _reader_pids(multi).values():
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from petrel_gateway import channel as ch
-from petrel_gateway.metrics import Metrics
+from petrel_gateway.metrics import Metrics, add_samples
 
 
 def test_a_socket_travels_with_the_bytes_received_on_it() -> None:
@@ -72,6 +72,23 @@ def test_readers_metrics_are_added_to_the_primarys() -> None:
     assert "petrel_bytes_received_total 100.0" in lines
     # Each family once, whatever the readers sent.
     assert text.count("# TYPE petrel_requests_total counter") == 1
+
+
+def test_the_numbers_of_ended_readers_add_up() -> None:
+    """add_samples: what readers that have ended counted, summed into one set that the
+    primary adds to every scrape (per sample name and labels; timestamps dropped)."""
+    first, second, primary = Metrics(None), Metrics(None), Metrics(None)
+    first.observe("get_object", 200, 0.002, 0, 20)
+    second.observe("get_object", 200, 0.003, 0, 30)
+    second.observe("head_object", 404, 0.001, 0, 0)
+    retired = add_samples(add_samples([], first.samples()), second.samples())
+    assert not any(name.endswith("_created") for _, _, _, values in retired
+                   for name, _, _ in values)
+    lines = set(primary.render([retired]).decode().splitlines())
+    assert 'petrel_requests_total{operation="get_object",status="200"} 2.0' in lines
+    assert 'petrel_requests_total{operation="head_object",status="404"} 1.0' in lines
+    assert 'petrel_request_seconds_count{operation="get_object"} 2.0' in lines
+    assert "petrel_bytes_sent_total 50.0" in lines
 
 
 def test_default_processes_follow_the_cpu_quota(tmp_path) -> None:  # type: ignore[no-untyped-def]
