@@ -492,7 +492,7 @@ class FastLane:
         connection.busy = True
 
         async def finish() -> None:
-            size = 0
+            sent = 0  # for QoS: the bytes of an answer handed to the socket
             try:
                 results = await read_batch(store, items, lookup)
                 pieces: list[bytes | memoryview] = [
@@ -503,17 +503,16 @@ class FastLane:
                 head = self._head(200, [("Content-Type", wire.CONTENT_TYPE)], size,
                                   request_id)
                 connection.send_pieces(head, pieces)
+                sent = size
                 self.served += 1
                 self._count("batch_get_objects", 200, started, size, len(request.body))
             except NotServedHere:  # bytes planned for went meanwhile (a cache eviction)
-                size = 0
                 connection.hand_over_busy(request.raw)
             except Exception as exc:  # noqa: BLE001 - answered as S3 errors
-                size = 0
                 self._fail(connection, request, exc, bucket, "", request_id,
                            "batch_get_objects", started)
             finally:
-                admission.done(size)
+                admission.done(sent)
                 inflight.count -= 1
                 connection.done_waiting()
 

@@ -119,7 +119,6 @@ class Workers:
             writes_theirs.close()
         reader.process, reader.link, reader.started = process, ch.Channel(mine), \
             time.monotonic()
-        reader.last_samples = None  # a new process counts from zero
         # The reader's small PUTs, stored here (petrel_gateway.writes); the link ends
         # with the reader.
         writes = self._loop.create_task(self._loop.create_unix_connection(
