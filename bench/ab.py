@@ -46,6 +46,7 @@ from bench.s3_servers import (
     stop,
     tree_cpu_seconds,
 )
+from bench.workload import window_payload
 from petrel.client import Client
 
 CREDS = Credentials("PKBENCHAB00000000001", "bench-ab-secret-key-0123456789abcdefgh")
@@ -76,10 +77,10 @@ def _client(work: str, name: str, server: Server, batch_size: int = 1000) -> Cli
 
 
 def _store(client: Client, urls: Sequence[str], size: int) -> None:
-    pool = os.urandom(4 << 20)
+    pool = os.urandom(max(4 << 20, 4 * size))
     client.create_bucket(f"s3://{BUCKET}")
     for first in range(0, len(urls), 1000):
-        client.put_batch([(url, pool[(i * 7919) % (len(pool) - size):][:size])
+        client.put_batch([(url, window_payload(size, i, pool))
                           for i, url in enumerate(urls[first:first + 1000], first)])
 
 

@@ -43,6 +43,7 @@ from botocore.config import Config as BotoConfig
 from bench.machine import describe, load_average
 from bench.report import machine_lines
 from bench.s3_servers import Credentials, Server, start_petrel, start_seaweedfs, stop
+from bench.workload import window_payload
 from petrel.client import Client
 from petrel.prefetch import PrefetchCache, PrefetchSettings
 from petrel.torch import Dataset, EpochSampler
@@ -118,23 +119,17 @@ def keys_for(size: int, count: int) -> list[str]:
     return [f"s{size}/{i:07d}.bin" for i in range(count)]
 
 
-def payload(size: int, index: int, pool: bytes) -> bytes:
-    """Distinct objects without generating GiBs of randomness: a window of a pool."""
-    start = (index * 7919) % (len(pool) - size)
-    return index.to_bytes(8, "little") + pool[start + 8:start + size]
-
-
 def store_petrel(client: Client, size: int, keys: list[str], pool: bytes) -> None:
     step = max(1, min(1000, (32 << 20) // size))
     for start in range(0, len(keys), step):
         chunk = keys[start:start + step]
-        client.put_batch([(f"s3://{BUCKET}/{k}", payload(size, start + i, pool))
+        client.put_batch([(f"s3://{BUCKET}/{k}", window_payload(size, start + i, pool))
                           for i, k in enumerate(chunk)])
 
 
 def store_boto(s3: Any, size: int, keys: list[str], pool: bytes) -> None:
     def put(index: int) -> None:
-        s3.put_object(Bucket=BUCKET, Key=keys[index], Body=payload(size, index, pool))
+        s3.put_object(Bucket=BUCKET, Key=keys[index], Body=window_payload(size, index, pool))
 
     with ThreadPoolExecutor(POOL_THREADS) as pool_exec:
         list(pool_exec.map(put, range(len(keys))))
@@ -145,7 +140,7 @@ def store_files(root: str, size: int, keys: list[str], pool: bytes) -> None:
         path = os.path.join(root, key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:
-            handle.write(payload(size, index, pool))
+            handle.write(window_payload(size, index, pool))
 
 
 def boto_client(endpoint: str) -> Any:
@@ -203,8 +198,11 @@ def batch_gets(client: Client, urls: Sequence[str], call: int, limit_s: float) -
                f"{call} URLs per call, client batch_size 1000, 4 requests in flight")
 
 
+DEFAULT_FETCH_THREADS = PrefetchSettings().fetch_threads
+
+
 def preread(client: Client, urls: Sequence[str], limit_s: float,
-            fetch_threads: int = PrefetchSettings().fetch_threads) -> Run:
+            fetch_threads: int = DEFAULT_FETCH_THREADS) -> Run:
     settings = PrefetchSettings(batch_items=1000, lookahead_batches_max=8,
                                 fetch_threads=fetch_threads)
     start = time.perf_counter()
@@ -222,7 +220,7 @@ def preread(client: Client, urls: Sequence[str], limit_s: float,
         stats = cache.stats()
     note = (f"PrefetchCache batches of 1000, {fetch_threads} fetching, read 256 at a time; "
             f"hits {stats.hits}, misses {stats.misses}, waits {stats.waits}")
-    name = "petrel pre-read cache" if fetch_threads == PrefetchSettings().fetch_threads else \
+    name = "petrel pre-read cache" if fetch_threads == DEFAULT_FETCH_THREADS else \
         f"petrel pre-read cache, {fetch_threads} fetch thread{'s' if fetch_threads > 1 else ''}"
     return Run(name, count, time.perf_counter() - start, total, note)
 

@@ -34,6 +34,13 @@ def payload_pool(size_bytes: int, seed: int) -> list[bytes]:
     return [rng.randbytes(size_bytes) for _ in range(PAYLOAD_POOL_SIZE)]
 
 
+def window_payload(size: int, index: int, pool: bytes) -> bytes:
+    """Object `index` of `size` bytes, distinct without generating GiBs of randomness:
+    its index, then a window of `pool` (at least `size` + 8 bytes)."""
+    start = (index * 7919) % (len(pool) - size)
+    return index.to_bytes(8, "little") + pool[start + 8:start + size]
+
+
 def shuffled(count: int, seed: int) -> list[int]:
     order = list(range(count))
     random.Random(seed).shuffle(order)
