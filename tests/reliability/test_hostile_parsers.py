@@ -11,9 +11,11 @@ pinned with `@example`, so a regression fails deterministically.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import string
 import time
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -25,6 +27,7 @@ from petrel.errors import InvalidRange, PetrelError
 from petrel_gateway import xml
 from petrel_gateway.auth import Credentials, KeyPair, SigV4Verifier
 from petrel_gateway.chunked import open_body
+from petrel_gateway.fastlane import parse_head
 from petrel_gateway.handlers.objects import check_conditions
 from petrel_gateway.request import parse_range, resolve_target
 
@@ -241,3 +244,128 @@ def test_request_target(path: str, host: str) -> None:
     except (PetrelError, UnicodeError):
         return  # UnicodeError: answered 400 InvalidArgument by gateway/errors.py
     assert target.bucket is None or isinstance(target.bucket, str)
+
+
+# ----- the fast lane's request parser (gateway/fastlane.py) --------------------------------
+# The lane parses request heads itself and hands anything it does not take to aiohttp.
+# What it takes, aiohttp (the full stack's parser, the C one where built) must read the
+# same way: the same method, target, headers and body length, kept alive. A request the
+# two framed differently (where its body ends, whether it is chunked) would desync the
+# connection: the next request would start inside this one's body.
+_names = st.sampled_from(["Host", "host", "Content-Length", "content-length", "CONTENT-LENGTH",
+                          "Transfer-Encoding", "Connection", "Expect", "x-amz-date",
+                          "X-Amz-Content-SHA256", "x-amz-meta-a", "Range", "If-Match",
+                          "x-amz-copy-source", "Upgrade", "TE", "Content-Type", "A b",
+                          "x\x00y", "", "Host ", "é"])
+_values = st.one_of(
+    st.sampled_from(["127.0.0.1:9000", "5", "0", "05", " 5 ", "5,5", "+5", "-1", "0x5",
+                     "\u0661", "²", "5\x00", "\t5\t", "99999999999999999", "keep-alive",
+                     "close", "Keep-Alive", "100-continue", "chunked", "gzip, chunked",
+                     "UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "bytes=0-1",
+                     "a\rb", "a\nb", "", " ", "v\x7f", "é"]),
+    st.text(string.printable, max_size=6),
+)
+# Headers that change how a request is framed or whether its connection stays open.
+_framing = st.sampled_from([
+    ("Connection", ": ", "close"), ("Connection", ": ", "Upgrade"),
+    ("Upgrade", ": ", "websocket"), ("Transfer-Encoding", ": ", "chunked"),
+    ("Transfer-Encoding", ": ", "identity"), ("Content-Length", ": ", "0"),
+    ("Content-Length", ": ", "3"), ("Host", ": ", "other"), ("TE", ": ", "trailers"),
+    ("Expect", ": ", "100-continue"), ("Expect", ": ", "200-ok"),
+    ("Connection", ": ", "keep-alive, close"),
+    ("x-amz-content-sha256", ": ", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+    ("x-amz-decoded-content-length", ": ", "3")])
+_separators = st.sampled_from([": ", ":", ":\t", " : ", ":  "])
+_line_ends = st.sampled_from(["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n "])
+
+
+@st.composite
+def _request_bytes(draw: st.DrawFn) -> bytes:
+    """A request the lane serves, with up to two hostile twists: an odd method, target,
+    version, header, separator, value or line end (one draw in three has none)."""
+    twists = set(draw(st.lists(st.sampled_from(
+        ["method", "target", "version", "header", "separator", "length", "ends", "body"]),
+        max_size=2)))
+    method = draw(st.sampled_from(["GET", "HEAD", "PUT", "POST"]))
+    target = {"GET": "/b/k?x-id=GetObject", "HEAD": "/b/k", "PUT": "/b/k",
+              "POST": "/b?batch-get"}[method]
+    body = draw(st.binary(max_size=12)) if method in ("PUT", "POST") else b""
+    version, separator = "HTTP/1.1", ": "
+    if "method" in twists:
+        method = draw(st.sampled_from(["get", "DELETE", "G ET", "OPTIONS", "POST", "GET"]))
+    if "target" in twists:
+        target = draw(st.one_of(
+            st.sampled_from(["/", "b/k", "/b/k k", "/b/%C3%A9", "/b/k?acl", "/b/k#f",
+                             "/b/k?X-Amz-Signature=ab&X-Amz-Date=1", "/b?batch-get=",
+                             "/b/k?batch-get", "*"]),
+            wire_text.map(lambda t: "/" + t)))
+    if "version" in twists:
+        version = draw(st.sampled_from(["HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ",
+                                        "HTTP/1.10", "HTTP/1"]))
+    if "separator" in twists:
+        separator = draw(st.sampled_from([":", ":\t", " : ", ":  ", "\t:"]))
+    fields = [("Host", separator, "127.0.0.1:9000")]
+    if body or method in ("PUT", "POST"):
+        length = draw(_values) if "length" in twists else str(len(body))
+        fields.append(("Content-Length", ": ", length))
+    if "header" in twists:
+        fields += draw(st.lists(st.one_of(_framing, st.tuples(_names, _separators, _values)),
+                                min_size=1, max_size=2))
+        fields = draw(st.permutations(fields))
+    if "body" in twists:
+        body += draw(st.binary(min_size=1, max_size=12))  # more than its length says
+    lines = [f"{method} {target} {version}"] + [f"{n}{s}{v}" for n, s, v in fields]
+    ends = ["\r\n"] * (len(lines) + 1)
+    if "ends" in twists:
+        ends = draw(st.lists(_line_ends, min_size=len(lines) + 1, max_size=len(lines) + 1))
+    head = "".join(line + end for line, end in zip(lines, ends, strict=False)) + ends[-1]
+    return head.encode("utf-8", "surrogateescape") + body
+
+
+def _aiohttp_reads(data: bytes) -> tuple[Any, bytes] | None:
+    """(message, body bytes it framed) of the one request aiohttp reads in `data`;
+    None if it refuses it, or reads it otherwise than as one whole or partial request."""
+    from aiohttp.base_protocol import BaseProtocol
+    from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.http_parser import HttpRequestParser
+
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16, max_line_size=8190,
+                                   max_field_size=8190)
+        try:
+            messages, upgraded, tail = parser.feed_data(data)
+        except HttpProcessingError:
+            return None
+        if len(messages) != 1 or upgraded or tail:
+            return None
+        message, payload = messages[0]
+        return message, payload.read_nowait()
+    finally:
+        loop.close()
+
+
+@FUZZ
+@example(b"PUT /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 05\r\n\r\nhello")
+@example(b"GET /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+@example(b"PUT /b/k HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+         b"Content-Length: 3\r\n\r\nabc")
+@example(b"GET /b/k HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n")
+@example(b"GET /b/k HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+@given(data=_request_bytes())
+def test_fast_lane_parses_requests_as_aiohttp_does(data: bytes) -> None:
+    request = parse_head(data, 1024, batch_bytes_max=4096)
+    if request is None:
+        return  # handed to aiohttp, which answers what is malformed
+    read = _aiohttp_reads(data)
+    assert read is not None, f"the lane took a request aiohttp refuses: {data!r}"
+    message, body = read
+    path, _, query = message.path.partition("?")
+    assert (message.method, path, query) == (request.method, request.path, request.query)
+    assert message.version == (1, 1)
+    assert not message.should_close and not message.chunked and not message.upgrade
+    assert {name.lower(): value for name, value in message.headers.items()} \
+        == request.headers
+    assert len(message.headers) == len(request.headers)  # no name twice
+    assert int(message.headers.get("Content-Length", "0")) == request.body_length
+    assert body == request.body  # both framed the same body bytes
