@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from petrel import allocator
 from petrel.replica import Replica, replica_dir
 from petrel_gateway import channel as ch
 from petrel_gateway.app import INFLIGHT, METRICS, REQUEST_IDS, Inflight, RequestIds, reconfigure
@@ -167,6 +168,9 @@ class _Reader:
         log.info("reader %d (pid %d) serving GET, HEAD, batch get and small PUTs on %s:%d",
                  self.number, os.getpid(), host, port)
         gc.freeze()  # as the primary does (petrel.cli.serve): startup objects stay
+        if self.settings.memory_trim_interval_s > 0:  # what is kept is handed back
+            allocator.tune(allocator.SERVER_THRESHOLD_BYTES,
+                           allocator.SERVER_THRESHOLD_BYTES)
         trimmer = asyncio.create_task(
             trim_periodically(self.settings.memory_trim_interval_s))
         await self.stop.wait()

@@ -13,10 +13,16 @@ MMAP_THRESHOLD_BYTES (a batch answer) from the heap. `petrel.Client` calls it wh
 created; PETREL_MALLOC_TUNING=0 leaves the allocator as it is. Without glibc this does
 nothing.
 
-The gateway does not tune: its resident memory must stay flat under load, and with
-these settings it holds up to 64 MiB more of freed heap between its periodic trims
-(tests/reliability/test_soak.py failed on it: median RSS 69 -> 97 MiB). It hands freed
-memory back every `memory_trim_interval_s` instead (petrel_gateway.memory).
+The gateway's reader processes tune with SERVER_THRESHOLD_BYTES for both (8 MiB): they
+hand freed memory back every `memory_trim_interval_s` anyway (petrel_gateway.memory), so
+they need keep only what one burst of work frees. Untuned, a reader answering warm batch
+gets from the S3 backend's read cache took 1.3-1.9 page faults per object read, the top
+of its heap given back and taken again for every batch
+(bench/results/backend-2026-11-24-allocator.md). The primary is left to glibc's own
+adjustment (which the read cache's 4 MiB fetches raise as far): with 64 MiB, as the
+client keeps, the median RSS in the gateway's memory test grew 69 -> 97 MiB
+(tests/reliability/test_soak.py, whose gateway pins glibc's thresholds through
+GLIBC_TUNABLES: settings from the environment are never overridden).
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+# The gateway's serving processes: above a read-cache block (4 MiB by default) and what
+# one batch answer frees.
+SERVER_THRESHOLD_BYTES = 8 * 1024 * 1024
 ENV_SWITCH = "PETREL_MALLOC_TUNING"
+_THRESHOLD_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                        "MALLOC_MMAP_MAX_")
 
 _tuned = False
 
@@ -55,15 +66,27 @@ def _libc() -> Any:
 LIBC = _libc()
 
 
-def tune() -> bool:
-    """Apply the settings once per process; True if they are in force (glibc, and not
-    turned off with PETREL_MALLOC_TUNING=0)."""
+def configured_by_environment() -> bool:
+    """Whether the environment tunes glibc's malloc (a glibc.malloc.* tunable in
+    GLIBC_TUNABLES, or one of the variables for what `tune` sets): an operator's or a
+    test's settings win over these."""
+    return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or \
+        any(name in os.environ for name in _THRESHOLD_VARIABLES)
+
+
+def tune(trim_threshold_bytes: int = TRIM_THRESHOLD_BYTES,
+         mmap_threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Apply the settings once per process (the first call's); True if they are in force
+    (glibc, not turned off with PETREL_MALLOC_TUNING=0, and the environment sets no
+    malloc parameter of its own). Setting either threshold turns off glibc's own
+    adjustment of both, so both are set."""
     global _tuned
     if _tuned:
         return True
     if LIBC is None or os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false",
-                                                                          "no", "off"):
+                                                                          "no", "off") \
+            or configured_by_environment():
         return False
-    _tuned = bool(LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
-        bool(LIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _tuned = bool(LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and \
+        bool(LIBC.mallopt(_M_TRIM_THRESHOLD, trim_threshold_bytes))
     return _tuned

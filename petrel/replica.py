@@ -177,15 +177,6 @@ class _Segments:
         assert self._cache_dir is not None
         return block_path(self._cache_dir, name, index)
 
-    def check_cached(self, segment_id: int, offset: int, length: int) -> None:
-        """Raises NotServedHere if bytes a read needs are in neither place."""
-        if self._local(segment_id) is not None:
-            return
-        name = fmt.segment_blob_name(segment_id)
-        for index in block_indexes(self._block_bytes, offset, length):
-            if not os.path.exists(self._block_file(name, index)):
-                raise NotServedHere("a block the read cache does not hold")
-
     def read_now(self, segment_id: int, offset: int, length: int) -> bytearray | None:
         """The bytes if the page cache holds them all; None if reading them would wait
         for the disk (read them with `get_range` in a thread). Raises NotServedHere."""
@@ -371,10 +362,12 @@ class Replica:
         prefix = ix.object_prefix(row.bucket_id)
         self.refresh(*(prefix + item.key.encode() for item in items))
         lookup = look_up_whole(self, items)
+        # Whether the read cache holds the blocks is found when they are read (a block
+        # file that is not there raises NotServedHere before anything is sent), as for a
+        # single GET: a check here would cost a stat per record on every warm batch.
+        readable = self._segments.readable
         for want in lookup.wants:
-            location = want.entry.location
-            self._segments.check_cached(location.segment_id, location.offset,
-                                        location.length)
+            readable(want.entry.location.segment_id)
         return lookup
 
     async def get_object(self, bucket: str, key: str, byte_range: ByteRange | None = None

@@ -17,6 +17,7 @@ never served. (Records carry their own checksums, checked by the store on every 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -56,8 +57,15 @@ def block_path(directory: str, name: str, index: int) -> str:
     """Where block `index` of blob `name` is kept. A block file appears whole (written
     aside, then renamed) and is never rewritten, only deleted: reader processes
     (petrel.replica) read the cache through these paths."""
+    return os.path.join(directory, f"{_blob_dir(name)}.{index}")
+
+
+@functools.lru_cache(maxsize=_SIZES_MAX)
+def _blob_dir(name: str) -> str:
+    """"xx/<digest>" for blob `name`: the part of its blocks' paths that every read of
+    them (one per record on a warm read) would otherwise hash again."""
     digest = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
-    return os.path.join(directory, digest[:2], f"{digest}.{index}")
+    return f"{digest[:2]}/{digest}"
 
 
 def block_indexes(block_bytes: int, offset: int, length: int) -> range:

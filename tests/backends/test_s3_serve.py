@@ -277,3 +277,63 @@ def test_reader_processes_read_the_read_cache(tmp_path: Path, weed: SeaweedFS,
     # The readers report the blocks they read: the primary's hit count includes them.
     wait_until(lambda: hits() >= hits_before + answered, "the readers' cache hits")
     assert_reads(client_of(gateway), objects)
+
+
+def test_reader_processes_answer_batch_gets_cold_and_warm(tmp_path: Path, weed: SeaweedFS,
+                                                          gateways: list[Gateway]) -> None:
+    """Batch gets over an S3 backend, on many connections (the kernel spreads them over
+    the primary and the readers): cold, a reader finds a block the read cache does not
+    hold when it reads and hands the connection to the primary, which fetches it;
+    warm, with the primary frozen (SIGSTOP), readers answer from the cache's blocks.
+    Every answer is byte-identical, missing keys included."""
+    import signal
+
+    from petrel import Client
+    from petrel.transport import RetryPolicy, Timeouts
+
+    prefix = f"readers-batch/{uuid.uuid4().hex}"
+    config = tmp_path / "petrel.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    gateway = start_gateway(str(tmp_path / "data"), "--config", str(config), "--processes",
+                            "3", "--access-key", GATEWAY_ACCESS_KEY,
+                            "--secret-key", GATEWAY_SECRET_KEY, *backend_args(weed, prefix),
+                            env=backend_env(), timeout_s=START_TIMEOUT_S)
+    gateways.append(gateway)
+    wait_until(lambda: gateway.log().count(") serving GET, HEAD, batch get") == 2, "the readers")
+    client_of(gateway).create_bucket(Bucket="train")
+    objects = put_many(client_of(gateway), 60, seed=5, key_prefix="batch", large=False)
+    wait_until(lambda: local_segments(tmp_path / "data") == [] and backend_segments(weed, prefix),
+               "the segments to be uploaded")
+    conf = tmp_path / "petreloss.conf"
+    conf.write_text(f"[DEFAULT]\ndefault_cluster = c\n[c]\nhost_base = {gateway.endpoint}\n"
+                    f"access_key = {GATEWAY_ACCESS_KEY}\nsecret_key = {GATEWAY_SECRET_KEY}\n",
+                    encoding="utf-8")
+    keys = sorted(objects)
+    urls = [f"s3://train/{key}" for key in keys] + ["s3://train/batch-missing"]
+    expected = [objects[key] for key in keys] + [None]
+
+    def batch_on_a_new_connection(retry: RetryPolicy | None = None,
+                                  timeouts: Timeouts | None = None) -> list[bytes | None]:
+        fresh = Client(str(conf), batch_size=1000, retry=retry, timeouts=timeouts)
+        try:
+            return fresh.get_batch(urls)
+        finally:
+            fresh.close()
+
+    for _ in range(8):  # cold, then warming: wherever the connection lands
+        assert batch_on_a_new_connection() == expected
+    os.kill(gateway.process.pid, signal.SIGSTOP)
+    answered = 0
+    try:
+        quick = RetryPolicy(attempts_max=1, backoff_first_s=0.01, backoff_max_s=0.01,
+                            elapsed_s_max=1.0)
+        for _ in range(16):
+            try:
+                got = batch_on_a_new_connection(quick, Timeouts(connect_s=0.5, read_s=0.5))
+            except Exception:  # noqa: BLE001 - a connection the frozen primary holds
+                continue
+            assert got == expected
+            answered += 1
+    finally:
+        os.kill(gateway.process.pid, signal.SIGCONT)
+    assert answered > 0

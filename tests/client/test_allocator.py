@@ -32,11 +32,14 @@ _ROUNDS = textwrap.dedent("""
 """)
 
 
-def _second_round_faults(tmp_path, mode: str, switch: str) -> int:  # type: ignore[no-untyped-def]
+def _second_round_faults(tmp_path, mode: str, switch: str,  # type: ignore[no-untyped-def]
+                         extra_env: dict[str, str] | None = None) -> int:
     conf = tmp_path / "petreloss.conf"
     conf.write_text("[DEFAULT]\ndefault_cluster = a\n[a]\nhost_base = http://127.0.0.1:9\n"
                     "access_key = k\nsecret_key = s\n")
-    env = {**os.environ, allocator.ENV_SWITCH: switch}
+    env = {name: value for name, value in os.environ.items()
+           if not (name.startswith("MALLOC_") or name == "GLIBC_TUNABLES")}
+    env |= {allocator.ENV_SWITCH: switch, **(extra_env or {})}
     done = subprocess.run([sys.executable, "-c", _ROUNDS, mode, str(conf)], env=env,
                           capture_output=True, text=True, timeout=60, check=True)
     return int(done.stdout)
@@ -54,3 +57,32 @@ def test_a_client_keeps_freed_heap_for_the_next_batch(tmp_path) -> None:  # type
 def test_tune_is_idempotent() -> None:
     first = allocator.tune()
     assert allocator.tune() is first
+
+
+def test_malloc_settings_from_the_environment_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GLIBC_TUNABLES' glibc.malloc.* or a MALLOC_*_ threshold: the client leaves the
+    allocator as the environment set it (here: the 128 KiB mmap threshold, so the
+    10 MiB comes and goes as before)."""
+    pinned = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}
+    assert _second_round_faults(tmp_path, "client", "1", pinned) >= 1000
+    other = {"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"}  # not malloc's
+    assert _second_round_faults(tmp_path, "client", "1", other) < 1000
+
+
+@pytest.mark.parametrize(("environment", "configured"), [
+    ({}, False),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, True),
+    ({"GLIBC_TUNABLES": "glibc.rtld.nns=2"}, False),
+    ({"MALLOC_ARENA_MAX": "2"}, False),  # arenas: not what tune() sets
+    ({"MALLOC_TRIM_THRESHOLD_": "1"}, True),
+    ({"MALLOC_MMAP_THRESHOLD_": "1"}, True),
+    ({"MALLOC_TOP_PAD_": "1"}, True),
+])
+def test_configured_by_environment(monkeypatch: pytest.MonkeyPatch,
+                                   environment: dict[str, str], configured: bool) -> None:
+    for name in list(os.environ):
+        if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES":
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert allocator.configured_by_environment() is configured
