@@ -3,7 +3,9 @@ parsers that tests/format (batch framing) and tests/gateway/test_chunked.py (aws
 body bytes) do not already fuzz. Each parser either parses or raises its module's
 defined error (a `PetrelError` subclass; for the request target also UnicodeError, which
 the gateway's error middleware answers as InvalidArgument), never anything else: an
-unexpected exception is a 500 InternalError and a logged traceback per request.
+unexpected exception is a 500 InternalError and a logged traceback per request. The fast
+lane's own request parser is fuzzed against aiohttp's: what the lane takes, aiohttp
+must read the same way.
 
 Defects found this way (digits that str.isdigit() accepts and int() refuses) stay
 pinned with `@example`, so a regression fails deterministically.
