@@ -23,36 +23,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from bench.backend import ACCESS, SECRET, petrel_gateway
+from bench.s3_servers import cpu_seconds, descendants, minor_faults
 from petrel import loadgen
 from petrel.loadgen import Mode, Plan, Target
 from petrel.testing.gateway import stop_gateway
 from petrel.testing.seaweedfs import SeaweedFS
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process under it, parents first."""
-    found = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            children = [int(child) for child in handle.read().split()]
-    except OSError:
-        children = []
-    for child in children:
-        found += process_tree(child)
-    return found
-
-
 def faults_and_cpu(pids: list[int]) -> dict[int, tuple[int, float]]:
-    """Per process: (minor faults, CPU seconds) so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """Per process still running: (minor faults, CPU seconds) so far."""
     found = {}
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-                fields = handle.read().rpartition(")")[2].split()
-        except OSError:
+            found[pid] = (minor_faults(pid), cpu_seconds(pid))
+        except OSError:  # exited meanwhile
             continue
-        found[pid] = (int(fields[7]), (int(fields[11]) + int(fields[12])) / ticks)
     return found
 
 
@@ -88,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 target = Target(gateway.endpoint, ACCESS, SECRET)
                 time.sleep(1)  # the readers up
-                pids = process_tree(gateway.process.pid)
+                pids = [gateway.process.pid, *descendants(gateway.process.pid)]
                 names = ["cold"] + [f"warm {n + 1}" for n in range(args.warm_passes)]
                 for name in names:
                     before = faults_and_cpu(pids)

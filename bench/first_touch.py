@@ -50,9 +50,14 @@ def touch_pages(buffer: mmap.mmap) -> None:
         buffer[offset] = 1
 
 
+def file_count(mib: int) -> int:
+    """How many 4 MiB files a round of `mib` MiB writes (at least one)."""
+    return max(1, mib * 1024 * 1024 // _FILE_BYTES)
+
+
 def measure(mib: int = 480, directory: str | None = None) -> list[tuple[str, float, float]]:
     """(round, wall seconds, CPU seconds) for the four rounds, `mib` MiB each."""
-    count = max(1, mib * 1024 * 1024 // _FILE_BYTES)
+    count = file_count(mib)
     data = os.urandom(_FILE_BYTES)
     work = tempfile.mkdtemp(prefix="petrel-first-touch-", dir=directory)
     rows = []
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "temporary directory under TMPDIR)")
     args = parser.parse_args(argv)
     rows = measure(args.mib, args.dir)
-    total_mib = max(1, args.mib * 1024 * 1024 // _FILE_BYTES) * _FILE_BYTES / 2**20
+    total_mib = file_count(args.mib) * _FILE_BYTES / 2**20
     print(f"{total_mib:.0f} MiB written per round")
     print("| round | MiB/s | CPU s |")
     print("|---|---:|---:|")

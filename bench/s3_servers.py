@@ -103,13 +103,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _stat_fields(path: str) -> list[str]:
+    """The fields of a /proc stat file after the command name (state first)."""
+    with open(path, encoding="ascii") as handle:
+        return handle.read().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """utime + stime of `pid` (all threads), or of its thread `tid`, from /proc."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path, encoding="ascii") as handle:
-        fields = handle.read().rpartition(")")[2].split()
+    fields = _stat_fields(path)
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of `pid` so far (all threads), from /proc."""
+    return int(_stat_fields(f"/proc/{pid}/stat")[7])
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -37,7 +37,7 @@ _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-# The gateway's serving processes: above a read-cache block (4 MiB by default) and what
+# The gateway's reader processes: above a read-cache block (4 MiB by default) and what
 # one batch answer frees.
 SERVER_THRESHOLD_BYTES = 8 * 1024 * 1024
 ENV_SWITCH = "PETREL_MALLOC_TUNING"
