@@ -7,12 +7,15 @@ For each object size, in one run on this machine, against a petrel gateway and a
 SeaweedFS server started here on 127.0.0.1:
 - per-request GET through boto3 with a thread pool (what users do today), against petrel
   and against SeaweedFS; and petrel.Client.get per request with the same pool;
-- `petrel.Client.get_batch` (calls of `--batch-call` URLs) and the pre-read path
-  (PrefetchCache planned with the order, read with get_many per 256), with its default
-  fetch threads and with one;
-- a DataLoader (batch 256, 2 workers, fork) over petrel.torch.Dataset, over a dataset
-  that calls boto3 get_object per sample, and over a dataset reading local files (the
-  petrel and local-file loaders alternate, LOADER_ROUNDS times each).
+- `petrel.Client.get_batch` (calls of `--batch-call` URLs), through the gateway and with
+  short-circuit reads (petrel.shortcircuit: the client reads records from the gateway's
+  segment files, as it does by default on the gateway's machine), and the pre-read path
+  (PrefetchCache planned with the order, read with get_many per 256; short-circuit
+  reads), with its default fetch threads and with one;
+- a DataLoader (batch 256, 2 workers, fork) over petrel.torch.Dataset (with
+  short-circuit reads, and through the gateway), over a dataset that calls boto3
+  get_object per sample, and over a dataset reading local files (the two petrel loaders
+  and the local-file one take turns, LOADER_ROUNDS times each).
 Every run reads the same shuffled order, at most its object count and its time limit
 (per-request runs are time-bounded: they would take minutes for 100k objects).
 Results go to bench/results/loader-<date>[-quick].md and .json. Timings are wall clock,
@@ -183,7 +186,8 @@ def pooled(name: str, get: Callable[[str], bytes], keys: Sequence[str], limit_s:
 
 
 # ----- batch runs ------------------------------------------------------------------------
-def batch_gets(client: Client, urls: Sequence[str], call: int, limit_s: float) -> Run:
+def batch_gets(client: Client, urls: Sequence[str], call: int, limit_s: float,
+               name: str) -> Run:
     start = time.perf_counter()
     deadline = time.monotonic() + limit_s
     count = total = 0
@@ -194,7 +198,7 @@ def batch_gets(client: Client, urls: Sequence[str], call: int, limit_s: float) -
             count += 1
         if time.monotonic() > deadline:
             break
-    return Run("petrel Client.get_batch", count, time.perf_counter() - start, total,
+    return Run(name, count, time.perf_counter() - start, total,
                f"{call} URLs per call, client batch_size 1000, 4 requests in flight")
 
 
@@ -277,8 +281,16 @@ def dataloader(name: str, dataset: torch.utils.data.Dataset[bytes], sampler: Epo
 
 
 # ----- one size ---------------------------------------------------------------------------
-def run_size(size: int, plan: Plan, client: Client, petrel: Server, weed: Server,
-             files_root: str, log: Callable[[str], None]) -> SizeResult:
+BATCH_GATEWAY = "petrel Client.get_batch, through the gateway"
+BATCH_LOCAL = "petrel Client.get_batch, short-circuit reads"
+LOADER_LOCAL = "DataLoader, petrel.torch.Dataset, short-circuit reads"
+LOADER_GATEWAY = "DataLoader, petrel.torch.Dataset, through the gateway"
+LOADER_FILES = "DataLoader, local files"
+
+
+def run_size(size: int, plan: Plan, client: Client, gateway_client: Client, petrel: Server,
+             weed: Server, files_root: str, log: Callable[[str], None]) -> SizeResult:
+    """`client` reads with short-circuit reads, `gateway_client` through the gateway."""
     count, weed_count = plan.objects[size], plan.weed_objects[size]
     keys = keys_for(size, count)
     pool = os.urandom(max(4 << 20, 4 * size))
@@ -310,25 +322,30 @@ def run_size(size: int, plan: Plan, client: Client, petrel: Server, weed: Server
                        lambda key: client.get(f"s3://{BUCKET}/{key}"), weed_order, limit,
                        pool_note))
     log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
-    runs.append(batch_gets(client, urls, plan.batch_call, plan.batch_s))
-    log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
+    for batch_client, name in ((gateway_client, BATCH_GATEWAY), (client, BATCH_LOCAL)):
+        runs.append(batch_gets(batch_client, urls, plan.batch_call, plan.batch_s, name))
+        log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
     runs.append(preread(client, urls, plan.batch_s))
     runs.append(preread(client, urls, plan.batch_s, fetch_threads=1))  # as before 2026-11-24
     log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
 
-    conf = client.config.path
-    petrel_ds = Dataset([f"s3://{BUCKET}/{k}" for k in keys], conf_path=conf, order=sampler)
+    petrel_urls = [f"s3://{BUCKET}/{k}" for k in keys]
+    petrel_ds = Dataset(petrel_urls, conf_path=client.config.path, order=sampler)
+    gateway_ds = Dataset(petrel_urls, conf_path=gateway_client.config.path, order=sampler)
     boto_ds = BotoDataset(petrel.endpoint, keys[:weed_count])
     runs.append(dataloader("DataLoader, boto3 get_object per sample (petrel)", boto_ds,
                            EpochSampler(weed_count, seed=SEED), plan.per_request_s,
                            "a boto3 client per worker"))
     log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
-    pair = [("DataLoader, petrel.torch.Dataset", petrel_ds,
-             "__getitems__: one batch get per batch, pre-read of the worker's next batches"),
-            ("DataLoader, local files", FileDataset(files_root, keys),
-             "open/read per sample, page cache warm (just written)")]
+    turns = [(LOADER_LOCAL, petrel_ds,
+              "__getitems__: one batch get per batch, pre-read of the worker's next batches; "
+              "records read from the segment files"),
+             (LOADER_GATEWAY, gateway_ds, "as above, records read through the gateway"),
+             (LOADER_FILES, FileDataset(files_root, keys),
+              "open/read per sample, page cache warm (just written)")]
     for number in range(LOADER_ROUNDS):
-        for name, dataset, note in pair if number % 2 == 0 else pair[::-1]:
+        # Each round starts with the next of the three, so none is always first.
+        for name, dataset, note in turns[number % 3:] + turns[:number % 3]:
             runs.append(dataloader(round_name(name, number), dataset, sampler, plan.batch_s,
                                    note))
             log(f"  {runs[-1].name}: {runs[-1].per_s:,.0f}/s")
@@ -340,27 +357,33 @@ def targets(results: list[SizeResult]) -> list[str]:
     lines = []
     for result in results:
         label = f"{result.size_bytes // KiB} KiB"
-        batch = result.rate("petrel Client.get_batch")
         boto_petrel = result.rate("boto3 GET, petrel")
         own = result.rate("petrel Client.get, petrel")
-        loaders = result.rates("DataLoader, petrel.torch.Dataset")
-        loader = statistics.median(loaders) if loaders else 0.0
         boto_loader = result.rate("DataLoader, boto3 get_object per sample (petrel)")
-        ratios = [petrel / files for petrel, files in
-                  zip(loaders, result.rates("DataLoader, local files"), strict=False) if files]
-        vs_files = statistics.median(ratios) if ratios else 0.0
-        checks = [
-            (f"batch get >= 100,000 objects/s: {batch:,.0f}/s", batch >= 100_000,
-             result.size_bytes == 10 * KiB),
-            (f"batch get >= 10x petrel per-request GET (boto3 pool): "
-             f"{_x(batch, boto_petrel)}", batch >= 10 * boto_petrel, True),
-            (f"batch get >= 10x petrel per-request GET (petrel.Client pool): "
-             f"{_x(batch, own)}", batch >= 10 * own, True),
-            (f"DataLoader >= 20x the boto3 dataset: {_x(loader, boto_loader)} (median of "
-             f"{len(loaders)} petrel rounds)", loader >= 20 * boto_loader, True),
-            (f"DataLoader >= local files: {vs_files:.2f}x, the median of the rounds' ratios "
-             f"({', '.join(f'{r:.2f}' for r in ratios)})", vs_files >= 1.0, True),
-        ]
+        files = result.rates(LOADER_FILES)
+        checks = []
+        for how, batch_name, loader_name in (
+                ("through the gateway", BATCH_GATEWAY, LOADER_GATEWAY),
+                ("short-circuit reads", BATCH_LOCAL, LOADER_LOCAL)):
+            batch = result.rate(batch_name)
+            loaders = result.rates(loader_name)
+            loader = statistics.median(loaders) if loaders else 0.0
+            ratios = [petrel / file for petrel, file in zip(loaders, files, strict=False)
+                      if file]
+            vs_files = statistics.median(ratios) if ratios else 0.0
+            checks += [
+                (f"{how}: batch get >= 100,000 objects/s: {batch:,.0f}/s", batch >= 100_000,
+                 result.size_bytes == 10 * KiB),
+                (f"{how}: batch get >= 10x petrel per-request GET (boto3 pool): "
+                 f"{_x(batch, boto_petrel)}", batch >= 10 * boto_petrel, True),
+                (f"{how}: batch get >= 10x petrel per-request GET (petrel.Client pool): "
+                 f"{_x(batch, own)}", batch >= 10 * own, True),
+                (f"{how}: DataLoader >= 20x the boto3 dataset: {_x(loader, boto_loader)} "
+                 f"(median of {len(loaders)} rounds)", loader >= 20 * boto_loader, True),
+                (f"{how}: DataLoader >= local files: {vs_files:.2f}x, the median of the "
+                 f"rounds' ratios ({', '.join(f'{r:.2f}' for r in ratios)})",
+                 vs_files >= 1.0, True),
+            ]
         for text, met, applies in checks:
             if applies:
                 lines.append(f"- {label}: {text}, {'met' if met else 'NOT met'}")
@@ -416,7 +439,8 @@ def side_by_side_rows(endpoint: str, access_key: str, secret_key: str, size: int
              "mb_per_s": run.bytes / run.seconds / 1e6 if run.seconds else 0.0,
              "p50_ms": None, "p99_ms": None, "errors": 0, "durability": "batch",
              "how": f"torch DataLoader, batch {DATALOADER_BATCH}, {DATALOADER_WORKERS} "
-                    "workers, petrel.torch.Dataset (one batch get per batch, pre-read)"}]
+                    "workers, petrel.torch.Dataset (one batch get per batch, pre-read; "
+                    "short-circuit reads, the default on the gateway's machine)"}]
 
 
 # ----- main -------------------------------------------------------------------------------
@@ -449,15 +473,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         weed = start_seaweedfs("seaweedfs", os.path.join(work, "weed"), CREDS, work)
         servers.append(weed)
         conf = os.path.join(work, "petreloss.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
-            handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
-                         f"{petrel.endpoint}\naccess_key = {CREDS.access_key}\n"
-                         f"secret_key = {CREDS.secret_key}\n")
+        gateway_conf = os.path.join(work, "petreloss-gateway.conf")
+        for path, short_circuit in ((conf, "true"), (gateway_conf, "false")):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
+                             f"{petrel.endpoint}\naccess_key = {CREDS.access_key}\n"
+                             f"secret_key = {CREDS.secret_key}\n"
+                             f"short_circuit = {short_circuit}\n")
         client = Client(conf, batch_size=1000)
+        gateway_client = Client(gateway_conf, batch_size=1000)
         client.create_bucket(f"s3://{BUCKET}")
         boto_client(weed.endpoint).create_bucket(Bucket=BUCKET)
         for size in sizes:
-            results.append(run_size(size, plan, client, petrel, weed,
+            results.append(run_size(size, plan, client, gateway_client, petrel, weed,
                                     os.path.join(work, "files"), log))
     finally:
         for server in servers:

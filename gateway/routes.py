@@ -70,6 +70,7 @@ ROUTES: list[Route] = [
     # petrel's batch API (docs/wire.md), not part of S3.
     Route("POST", BUCKET, batch.batch_get_objects, query=("batch-get",)),
     Route("POST", BUCKET, batch.batch_put_objects, query=("batch-put",)),
+    Route("POST", BUCKET, batch.batch_locate_objects, query=("batch-locate",)),
     Route("PUT", OBJECT, objects.copy_object, header="x-amz-copy-source"),
     Route("PUT", OBJECT, objects.put_object),
     Route("GET", OBJECT, objects.get_object),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -14,8 +15,16 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from petrel import format as fmt
 from petrel import index as ix
-from petrel.errors import InvalidArgument, NoSuchKey, NotServedHere, PetrelError
-from petrel.model import GetItem, GetResult, resolve_range
+from petrel import wire
+from petrel.errors import (
+    CorruptionError,
+    InvalidArgument,
+    NoSuchKey,
+    NotServedHere,
+    PetrelError,
+)
+from petrel.model import ByteRange, GetItem, GetResult, resolve_range
+from petrel.segments import LocalFile
 
 if TYPE_CHECKING:
     from petrel.replica import Replica
@@ -116,6 +125,69 @@ def look_up_whole(store: Store | Replica, items: Sequence[GetItem]) -> Lookup:
     if total > WHOLE_ANSWER_BYTES_MAX:
         raise NotServedHere("a batch answer to stream")
     return lookup
+
+
+# ----- short-circuit reads ---------------------------------------------------------
+# The fields of an index value (format.decode_index_value) a batch locate needs: segment
+# id, flags, metadata length, record offset and length, object size, record checksum.
+_LOCATE_FIELDS = struct.Struct("<IBHIIQ16xQ")
+
+
+def locate(store: Store, bucket: str, items: Sequence[tuple[str, tuple[int, int | None] | None]]
+           ) -> tuple[list[wire.SegmentFile], list[wire.LocateEntry]]:
+    """Where each item's record lies in a local segment file, for a client on this
+    machine that reads it itself (petrel.shortcircuit): (the segment files named, one
+    LOCATIONS entry per (key, byte range) item, in order). An item no local file holds
+    (a remote segment, a large object) or that fails (an invalid key, a range past the
+    end) is FETCH: the client reads it with a batch get, which answers its bytes or its
+    error. One index multi-get and one stat per segment; no record is read, and no
+    object is made per key beyond its entry (this runs for every object a client on
+    this machine reads). The primary's: readers hand batch locates over. Raises
+    NoSuchBucket."""
+    row = store._bucket(bucket)
+    prefix = ix.object_prefix(row.bucket_id)
+    key_bytes_max = store.limits.key_bytes_max
+    fetch = (0, 0, 0, 0, 0, 0, wire.Where.FETCH)
+    not_found = (0, 0, 0, 0, 0, 0, wire.Where.NOT_FOUND)
+    located = wire.Where.LOCATED
+    entries: list[wire.LocateEntry] = [fetch] * len(items)
+    positions: list[int] = []
+    keys: list[bytes] = []
+    for position, (key, _) in enumerate(items):
+        raw_key = key.encode()
+        if raw_key and len(raw_key) <= key_bytes_max:  # else FETCH: the batch get says why
+            positions.append(position)
+            keys.append(prefix + raw_key)
+    files: dict[int, LocalFile | None] = {}
+    unpack = _LOCATE_FIELDS.unpack_from
+    fixed, large, known = fmt.INDEX_VALUE_FIXED_BYTES, fmt.FLAG_LARGE, fmt.FLAGS_KNOWN
+    for position, value in zip(positions, store.kv.multi_get(keys), strict=True):
+        if value is None:
+            entries[position] = not_found
+            continue
+        if len(value) < fixed:
+            raise CorruptionError("index value too short")
+        segment_id, flags, meta_len, offset, length, size, checksum = unpack(value)
+        if fixed + meta_len != len(value) or flags & ~known:
+            raise CorruptionError("index value length or flags invalid")
+        if flags & large:
+            continue
+        local = files.get(segment_id, False)
+        if local is False:
+            local = files[segment_id] = store.local_file(segment_id)
+        if local is None:
+            continue
+        byte_range = items[position][1]
+        if byte_range is None:
+            start, count = 0, size
+        else:
+            try:
+                start, count = resolve_range(ByteRange(*byte_range), size)
+            except PetrelError:
+                continue
+        entries[position] = (segment_id, offset, length, checksum, start, count, located)
+    return [wire.SegmentFile(segment_id, local.path, local.device, local.inode)
+            for segment_id, local in files.items() if local is not None], entries
 
 
 async def read_batch(store: Store | Replica, items: Sequence[GetItem],

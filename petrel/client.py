@@ -28,8 +28,10 @@ from __future__ import annotations
 import builtins
 import configparser
 import hashlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from urllib.parse import unquote
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 import urllib3
 
-from petrel import allocator, wire
+from petrel import allocator, shortcircuit, wire
 from petrel.errors import (
     InternalError,
     MalformedBatch,
@@ -53,6 +55,7 @@ from petrel.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer
 from petrel.transport import Endpoint, RetryPolicy, Timeouts, Transport
 
 DEFAULT_CONF_PATH = "~/petreloss.conf"
+log = logging.getLogger("petrel.client")
 # Items per batch request. The gateway takes up to 1000 items and 256 MiB per batch;
 # 256 keeps a response of 10 KiB objects near 2.5 MiB, one read of the socket's worth.
 BATCH_SIZE = 256
@@ -66,6 +69,13 @@ PRESIGN_METHODS = {"get_object": "GET", "put_object": "PUT", "head_object": "HEA
                    "delete_object": "DELETE"}
 
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+SHORT_CIRCUIT_MODES = ("auto", "true", "false")
+# After a batch locate that found no record in a local file, batch gets skip the locate
+# for this long.
+LOCAL_READS_PAUSE_S = 30.0
+# What a gateway without batch locate answers it with: short-circuit reads go off.
+_LOCATE_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "InvalidRequest",
+                                 "InvalidArgument", "MalformedBatch"})
 
 GetResult = bytes | None | PetrelError
 Content = bytes | bytearray | memoryview | str | IO[bytes] | IO[str]
@@ -98,6 +108,9 @@ class ClusterConfig:
     access_key: str
     secret_key: str = field(repr=False)
     region: str = "us-east-1"
+    # Short-circuit reads (petrel.shortcircuit): "auto" (when host_base is a loopback
+    # address), "true" or "false".
+    short_circuit: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +140,13 @@ class Config:
             for option in ("access_key", "secret_key"):
                 if not section.get(option):
                     raise ConfigError(f"cluster [{name}] in {path!r} has no {option}")
+            short_circuit = section.get("short_circuit", "auto").strip().lower()
+            if short_circuit not in SHORT_CIRCUIT_MODES:
+                raise ConfigError(f"cluster [{name}] in {path!r}: short_circuit must be "
+                                  f"auto, true or false, not {short_circuit!r}")
             clusters[name] = ClusterConfig(
                 name, section["host_base"], section["access_key"], section["secret_key"],
-                section.get("region", "us-east-1"))
+                section.get("region", "us-east-1"), short_circuit)
         default = parser.defaults().get("default_cluster") or None
         return cls(path, default, clusters)
 
@@ -209,8 +226,10 @@ class Client:
     """A petrel_client-compatible client (see the module docstring).
 
     `batch_size` (items per batch request, at most 1000), `batch_threads` (batch
-    requests in flight per call), `retry` and `timeouts` are this client's own
-    arguments; any other keyword argument is accepted and ignored, as petrel_client
+    requests in flight per call), `retry`, `timeouts` and `short_circuit` (read batch
+    gets' records from the gateway's segment files when on its machine: True, False,
+    or None for each cluster's `short_circuit` setting; petrel.shortcircuit) are this
+    client's own arguments; any other keyword argument is accepted and ignored, as petrel_client
     callers pass options this client has no use for (`enable_mc`, `boto`, ...).
     """
 
@@ -222,6 +241,7 @@ class Client:
         batch_threads: int = BATCH_THREADS,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        short_circuit: bool | None = None,
         **kwargs: object,
     ) -> None:
         if not 1 <= batch_size <= BATCH_SIZE_MAX:
@@ -233,6 +253,7 @@ class Client:
         self.batch_threads = batch_threads
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
+        self.short_circuit = short_circuit
         # Batches allocate and free thousands of payloads at once: keep the freed heap
         # for the next batch (petrel.allocator; PETREL_MALLOC_TUNING=0 turns it off).
         allocator.tune()
@@ -244,9 +265,15 @@ class Client:
         self._executor: tuple[int, ThreadPoolExecutor] | None = None
         self._in_worker = threading.local()
         self._resolved: dict[str | None, str] = {}
+        # Per cluster: whether batch gets read records from local files (decided on
+        # first use; turned off for good if it cannot work from this process), and
+        # until when (time.monotonic) they are paused: nothing was local last time.
+        self._local_reads: dict[str, bool] = {}
+        self._local_paused_until: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        kept = ("config", "batch_size", "batch_threads", "retry", "timeouts")
+        kept = ("config", "batch_size", "batch_threads", "retry", "timeouts",
+                "short_circuit")
         return {name: self.__dict__[name] for name in kept}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -464,14 +491,23 @@ class Client:
             raise ValueError(f"{len(ranges)} ranges for {len(urls)} urls")
         locs = [self._batch_item(url) for url in urls]
         results: builtins.list[GetResult] = [None] * len(locs)
+        chunks = _chunks(locs, [1] * len(locs), self.batch_size, None)
+        requests = [(locs[chunk[0]], [(locs[i][2], None if ranges is None else ranges[i])
+                                      for i in chunk]) for chunk in chunks]
 
-        def run(chunk: builtins.list[int]) -> None:
-            first = locs[chunk[0]]
-            items = [(locs[i][2], None if ranges is None else ranges[i]) for i in chunk]
-            for i, result in zip(chunk, self._batch_get_chunk(first, items), strict=True):
+        def start(request: _ChunkRequest) -> builtins.list[GetResult] | _Located:
+            return self._start_get_chunk(*request)
+
+        if len(chunks) <= 1 or self.batch_threads == 1 or getattr(self._in_worker, "on", False):
+            started: Iterable[builtins.list[GetResult] | _Located] = map(start, requests)
+        else:
+            # The requests run in the pool; records located in local files are read
+            # here, in order, while the pool's next requests are answered.
+            started = self._executor_here().map(start, requests)
+        for chunk, request, answer in zip(chunks, requests, started, strict=True):
+            chunk_results = self._finish_get_chunk(*request, answer)
+            for i, result in zip(chunk, chunk_results, strict=True):
                 results[i] = result
-
-        self._run_chunks(run, _chunks(locs, [1] * len(locs), self.batch_size, None))
         return results
 
     def put_batch(self, items: Iterable[tuple[str, Content]]) -> builtins.list[str]:
@@ -527,9 +563,106 @@ class Client:
         # pool from inside it could deadlock once every thread waits.
         self._in_worker.on = True
 
-    def _batch_get_chunk(self, where: tuple[str, str, str],
-                         items: builtins.list[tuple[str, tuple[int, int | None] | None]]
-                         ) -> builtins.list[GetResult]:
+    def _start_get_chunk(self, where: tuple[str, str, str], items: builtins.list[_Item]
+                         ) -> builtins.list[GetResult] | _Located:
+        """The request of one chunk of a batch get: its results (through the gateway),
+        or where its records are (a batch locate), to be read by `_finish_get_chunk`."""
+        if self._reads_locally(where[0]):
+            try:
+                return self._locate_chunk(where, items)
+            except shortcircuit.Unavailable as exc:
+                self._local_reads_off(where[0], exc)
+        return self._gateway_get_chunk(where, items)
+
+    def _finish_get_chunk(self, where: tuple[str, str, str], items: builtins.list[_Item],
+                          started: builtins.list[GetResult] | _Located
+                          ) -> builtins.list[GetResult]:
+        if not isinstance(started, _Located):
+            return started
+        try:
+            return self._read_located_chunk(where, items, started)
+        except shortcircuit.Unavailable as exc:
+            self._local_reads_off(where[0], exc)
+            return self._gateway_get_chunk(where, items)
+
+    def _local_reads_off(self, cluster: str, why: Exception) -> None:
+        log.warning("petrel cluster %s: short-circuit reads off in this process (%s); "
+                    "batch gets go through the gateway", cluster, why)
+        self._local_reads[cluster] = False
+
+    def reads_locally(self, url: str) -> bool:
+        """Whether batch gets of `url`'s cluster read records from the gateway's segment
+        files here (short-circuit reads: on by setting, and not turned off in this
+        process since). Raises InvalidUrl, ConfigError."""
+        return self._reads_locally(self._cluster_name(parse_url(url)[0]))
+
+    def _reads_locally(self, cluster: str) -> bool:
+        on = self._local_reads.get(cluster)
+        if on and cluster in self._local_paused_until:
+            if time.monotonic() < self._local_paused_until[cluster]:
+                return False
+            del self._local_paused_until[cluster]
+        if on is None:
+            mode = self.config.cluster(cluster).short_circuit
+            if self.short_circuit is not None:
+                on = self.short_circuit
+            elif mode == "auto":
+                on = self._transport(cluster).endpoint.is_loopback
+            else:
+                on = mode == "true"
+            self._local_reads[cluster] = on
+        return on
+
+    def _locate_chunk(self, where: tuple[str, str, str], items: builtins.list[_Item]
+                      ) -> builtins.list[GetResult] | _Located:
+        """A batch locate of one chunk: where its records are, or its results when the
+        request failed as a whole. Raises shortcircuit.Unavailable."""
+        body = wire.encode_get_request(items)
+        try:
+            response = self._batch_post(where, "batch-locate", body,
+                                        hashlib.sha256(body).hexdigest())
+            files, locations = wire.decode_locate_response(response.data, len(items))
+        except NoSuchBucket:
+            return [None] * len(items)
+        except PetrelError as error:
+            if error.code in _LOCATE_UNSUPPORTED:
+                raise shortcircuit.Unavailable(f"the gateway answers a batch locate with "
+                                               f"{error.code}: {error}") from error
+            return [error] * len(items)
+        return _Located(files, locations)
+
+    def _read_located_chunk(self, where: tuple[str, str, str], items: builtins.list[_Item],
+                            answer: _Located) -> builtins.list[GetResult]:
+        """Read the records a batch locate found here; fetch the others with a batch get.
+        Raises shortcircuit.Unavailable."""
+        results: builtins.list[GetResult] = [None] * len(items)
+        wanted: builtins.list[shortcircuit.Wanted] = []
+        elsewhere: builtins.list[int] = []
+        located, fetch = wire.Where.LOCATED, wire.Where.FETCH
+        for position, (segment_id, offset, length, checksum, start, count, status) in \
+                enumerate(answer.locations):
+            if status == located:
+                wanted.append((segment_id, offset, length, checksum, start, count, position))
+            elif status == fetch:
+                elsewhere.append(position)
+        if not wanted and elsewhere:
+            # Nothing here is in a local file (an S3 backend's sealed segments): batch
+            # gets for a while, rather than a batch locate before each.
+            self._local_paused_until[where[0]] = time.monotonic() + LOCAL_READS_PAUSE_S
+        found, refetch = shortcircuit.read_located(where[1], [key for key, _ in items],
+                                                   answer.files, wanted)
+        for position, data in found.items():
+            results[position] = data
+        elsewhere += refetch
+        if elsewhere:
+            fetched = self._gateway_get_chunk(where, [items[i] for i in elsewhere])
+            for position, result in zip(elsewhere, fetched, strict=True):
+                results[position] = result
+        return results
+
+    def _gateway_get_chunk(self, where: tuple[str, str, str],
+                           items: builtins.list[tuple[str, tuple[int, int | None] | None]]
+                           ) -> builtins.list[GetResult]:
         body = wire.encode_get_request(items)
         bucket = Location(where[0], where[1], "")
         try:
@@ -563,6 +696,17 @@ class Client:
 
 
 # ----- pure helpers ------------------------------------------------------------------------
+_Item = tuple[str, tuple[int, int | None] | None]  # a key of a batch get, and its range
+_ChunkRequest = tuple[tuple[str, str, str], builtins.list[_Item]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """A batch locate's answer for one chunk of a batch get, not read yet."""
+
+    files: dict[int, wire.SegmentFile]
+    locations: builtins.list[wire.LocateEntry]
+
 @dataclass(frozen=True, slots=True)
 class ListedObject:
     """One object of a listing page (ETag without quotes)."""

@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from petrel import format as fmt
 from petrel.errors import CorruptionError
@@ -67,6 +67,26 @@ class NowaitReads:
 
 def local_segment_path(directory: str, segment_id: int) -> str:
     return os.path.join(directory, f"{segment_id:016x}.seg")
+
+
+class LocalFile(NamedTuple):
+    """A segment's file as the serving process sees it: an absolute path, and the
+    device and inode a client compares with what it opens, so a client on another
+    machine (or in another mount namespace) never reads a file that only has the same
+    name."""
+
+    path: str
+    device: int
+    inode: int
+
+
+def stat_local_file(path: str) -> LocalFile | None:
+    """The LocalFile at `path`, None if there is no file there (any more)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return LocalFile(os.path.abspath(path), status.st_dev, status.st_ino)
 
 
 def list_local_segments(directory: str) -> list[int]:

@@ -73,7 +73,7 @@ from petrel.model import (
 )
 from petrel.multipart import Multipart, Part, Upload
 from petrel.recovery import OpenState, open_state, segment_dir
-from petrel.segments import SealedFiles
+from petrel.segments import LocalFile, SealedFiles, stat_local_file
 from petrel.settings import StoreConfig
 
 if TYPE_CHECKING:
@@ -750,6 +750,19 @@ class Store:
                                   location.offset, location.length)
             return None if cached is None else (cached, 0)
         return None
+
+    def local_file(self, segment_id: int) -> LocalFile | None:
+        """The file holding a segment on this machine (an unsealed segment, or any of
+        the local backend's), for a client reading records itself (batch locate);
+        None when the segment is not a local file."""
+        segment = self.committer.local.get(segment_id)
+        if segment is not None:
+            path = segment.path
+        elif isinstance(self.backend, LocalBackend):
+            path = self.backend.path_of(fmt.segment_blob_name(segment_id))
+        else:
+            return None
+        return stat_local_file(path)
 
     def forget_segment(self, segment_id: int) -> None:
         """A segment is being deleted: close its file."""

@@ -193,9 +193,16 @@ class Dataset(_FromSources, TorchDataset[Any]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         state = self._here()
-        self._plan_from(state, [int(i) for i in indices])
         urls = [self.urls[i] for i in indices]
-        datas = state.cache.get_many(urls)
+        if urls and state.client.reads_locally(urls[0]):
+            # Short-circuit reads (petrel.shortcircuit): the records come from the page
+            # cache, read in this thread. A pre-read thread would not hide a wait, only
+            # contend with this one for the GIL: the DataLoader read 41-42k objects/s
+            # with it, 49-55k without (bench/results/loader-2026-11-25-short-circuit.md).
+            datas = state.client.get_batch(urls)
+        else:
+            self._plan_from(state, [int(i) for i in indices])
+            datas = state.cache.get_many(urls)
         return [self.decode(_present(data, url)) for data, url in zip(datas, urls, strict=True)]
 
     def stats(self) -> PrefetchStats | None:

@@ -21,6 +21,7 @@ Contracts:
 from __future__ import annotations
 
 import html
+import ipaddress
 import os
 import random
 import re
@@ -127,6 +128,17 @@ class Endpoint:
         host_header = host if port == default_port else f"{host}:{port}"
         return cls(f"{parts.scheme}://{host_header}", parts.scheme, parts.hostname, port,
                    host_header)
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the host is this machine's loopback: "localhost", 127.0.0.0/8, ::1
+        (a name is not resolved)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 class Transport:

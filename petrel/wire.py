@@ -24,6 +24,7 @@ payload uncopied, hashed without joining the two: a stream is joined once, whole
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
@@ -44,6 +45,11 @@ _HEADER = struct.Struct("<QBBHIQ")  # checksum, then _FIELDS: one unpack per dec
 _RANGE = struct.Struct("<QQ")
 _COUNT = struct.Struct("<Q")
 _INFO = struct.Struct("<QQ")
+# LOCATE_RESPONSE: a FILE frame's aux (segment id, device, inode), and a LOCATIONS
+# table entry: segment id, record offset, record length, record checksum, start and
+# length of the bytes asked for (in the payload), status (a Where).
+_FILE = struct.Struct("<QQQ")
+_LOCATION = struct.Struct("<QQQQQQB7x")
 STREAM_HEADER_BYTES = _STREAM.size
 FRAME_HEADER_BYTES = _CHECKSUM.size + _FIELDS.size
 
@@ -61,12 +67,15 @@ class Kind(IntEnum):
     GET_RESPONSE = 2
     PUT_REQUEST = 3
     PUT_RESPONSE = 4
+    LOCATE_RESPONSE = 5  # the answer to a batch locate (short-circuit reads)
 
 
 class Status(IntEnum):
     OK = 0  # request items, found objects, stored objects
     NOT_FOUND = 1
     ERROR = 2
+    FILE = 3  # LOCATE_RESPONSE: a segment's local file
+    LOCATIONS = 4  # LOCATE_RESPONSE: the table of where each key's record is
     END = 255
 
 
@@ -91,6 +100,29 @@ class ItemInfo(NamedTuple):
     size: int  # the whole object's size, whatever range was served
     last_modified_ms: int
     etag: str
+
+
+class Where(IntEnum):
+    """The status of a key in a batch locate's LOCATIONS table."""
+
+    LOCATED = 0  # its record is in a FILE the answer names, where the entry says
+    NOT_FOUND = 1  # no such key
+    FETCH = 2  # read it with a batch get: a remote segment, a large object, an error
+
+
+class SegmentFile(NamedTuple):
+    """A FILE frame: segment `segment_id` is the file at `path` (device and inode as
+    the gateway's stat saw them)."""
+
+    segment_id: int
+    path: str
+    device: int
+    inode: int
+
+
+# A LOCATIONS entry as decoded: (segment id, offset, length, checksum, start, count,
+# status); as built for encoding: the same.
+LocateEntry = tuple[int, int, int, int, int, int, int]
 
 
 # ----- encoding --------------------------------------------------------------------
@@ -153,6 +185,20 @@ def add_found(pieces: list[bytes | memoryview], key: str, size: int, last_modifi
         pieces.append(_CHECKSUM.pack(_xxh3(head)) + head)
 
 
+def encode_locate_response(files: Iterable[SegmentFile],
+                           locations: Sequence[LocateEntry]) -> bytes:
+    """A whole LOCATE_RESPONSE: a FILE frame per segment file, the LOCATIONS table
+    (one entry per key asked, in request order), END counting the entries."""
+    pieces: list[bytes | memoryview] = [stream_header(Kind.LOCATE_RESPONSE)]
+    for file in files:
+        add_frame(pieces, Status.FILE, "", _FILE.pack(file.segment_id, file.device, file.inode),
+                  os.fsencode(file.path))
+    pack = _LOCATION.pack
+    add_frame(pieces, Status.LOCATIONS, "", b"", b"".join([pack(*entry) for entry in locations]))
+    pieces.append(end_frame(len(locations)))
+    return b"".join(pieces)
+
+
 def end_frame(count: int) -> bytes:
     rest = _FIELDS.pack(Status.END, 0, 0, _COUNT.size, 0) + _COUNT.pack(count)
     return _CHECKSUM.pack(_xxh3(rest)) + rest
@@ -183,10 +229,16 @@ def encode_get_request(items: Iterable[tuple[str, tuple[int, int | None] | None]
     """A GET_REQUEST body: keys, each with an optional (start, length) byte range;
     length None reads to the end of the object."""
     pieces: list[bytes | memoryview] = [stream_header(Kind.GET_REQUEST)]
+    append, fields, pack_checksum = pieces.append, _FIELDS.pack, _CHECKSUM.pack
     count = 0
     for key, byte_range in items:
         if byte_range is None:
-            add_frame(pieces, Status.OK, key)
+            # add_frame(pieces, Status.OK, key), inlined: one frame per key asked.
+            raw_key = key.encode("utf-8", "surrogatepass")
+            if len(raw_key) > KEY_BYTES_MAX:
+                raise MalformedBatch(f"key of {len(raw_key)} bytes is over {KEY_BYTES_MAX}")
+            head = fields(Status.OK, 0, len(raw_key), 0, 0) + raw_key
+            append(pack_checksum(_xxh3(head)) + head)
         else:
             start, length = byte_range
             if start < 0 or (length is not None and length < 0):
@@ -358,11 +410,53 @@ def _get_answers(buffer: bytes, position: int, keys: Sequence[str],
             append(buffer[data_at:end])
         else:
             known = _STATUS_OF.get(status)
-            if known is None:
-                raise MalformedBatch(f"unknown frame status {status}")
+            if known is not Status.NOT_FOUND and known is not Status.ERROR:
+                raise MalformedBatch(f"frame status {status} in a batch get answer")
             append(Frame(known, flags, key, view[aux_at:data_at], view[data_at:end]))
         position = end
     return position, False
+
+
+def decode_locate_response(buffer: bytes, count: int
+                           ) -> tuple[dict[int, SegmentFile], list[LocateEntry]]:
+    """The whole answer to a batch locate of `count` keys: (its segment files by id,
+    its LOCATIONS entries in request order). Checked as `decode` checks a stream;
+    every LOCATED entry must name a segment with a FILE frame. Raises MalformedBatch."""
+    view = memoryview(buffer)
+    check_stream_header(view, Kind.LOCATE_RESPONSE)
+    files: dict[int, SegmentFile] = {}
+    table: memoryview | None = None
+    position = STREAM_HEADER_BYTES
+    while True:
+        parsed = _frame_at(view, position)
+        if parsed is None:
+            raise MalformedBatch("batch locate answer truncated")
+        item, position = parsed
+        if item.status is Status.FILE and table is None and len(item.aux) == _FILE.size:
+            segment_id, device, inode = _FILE.unpack(item.aux)
+            files[segment_id] = SegmentFile(segment_id, os.fsdecode(bytes(item.data)),
+                                            device, inode)
+        elif item.status is Status.LOCATIONS and table is None:
+            table = item.data
+        elif item.status is Status.END and table is not None:
+            _check_end(item, count)
+            break
+        else:
+            raise MalformedBatch(f"unexpected frame (status {int(item.status)}) in a batch "
+                                 "locate answer")
+    if position != len(view):
+        raise MalformedBatch("bytes after the END frame")
+    if len(table) != count * _LOCATION.size:
+        raise MalformedBatch(f"batch locate answered {len(table) // _LOCATION.size} items "
+                             f"for {count}")
+    locations = list(_LOCATION.iter_unpack(table))
+    for entry in locations:
+        if entry[6] == Where.LOCATED:
+            if entry[0] not in files:
+                raise MalformedBatch(f"location in segment {entry[0]:x}, which has no FILE")
+        elif entry[6] > Where.FETCH:
+            raise MalformedBatch(f"unknown location status {entry[6]}")
+    return files, locations
 
 
 class StreamDecoder:

@@ -28,7 +28,7 @@ import logging
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
-from petrel import wire
+from petrel import batchread, wire
 from petrel.errors import MalformedBatch, NoSuchKey, PetrelError, TooManyItems
 from petrel.format import ObjectMeta
 from petrel.limits import Limits
@@ -108,6 +108,22 @@ async def batch_get_objects(call: Call) -> web.StreamResponse:
         if call.request.transport is not None:
             call.request.transport.close()
     return response
+
+
+async def batch_locate_objects(call: Call) -> web.Response:
+    """Where each key's record lies in a local segment file, for a client on this
+    machine that reads the bytes itself (short-circuit reads, petrel.shortcircuit,
+    docs/wire.md): the segment files, then per key in request order LOCATED (file,
+    offset, length, checksum), NOT_FOUND, or FETCH (a remote segment, a large object,
+    an error: the client asks a batch get). No record is read."""
+    body = await call.read_body(request_bytes_max(call.store.limits, with_data=False))
+    items_max = call.store.limits.batch_items_max
+    wanted = wire.decode_get_request(body, items_max=items_max + 1)
+    if len(wanted) > items_max:
+        raise TooManyItems(f"at most {items_max} items per batch")
+    files, locations = batchread.locate(call.store, call.bucket, wanted)
+    return web.Response(status=200, body=wire.encode_locate_response(files, locations),
+                        headers={"Content-Type": wire.CONTENT_TYPE})
 
 
 class _Pieces(payload.Payload):

@@ -306,7 +306,9 @@ def test_reader_processes_answer_batch_gets_cold_and_warm(tmp_path: Path, weed: 
                "the segments to be uploaded")
     conf = tmp_path / "petreloss.conf"
     conf.write_text(f"[DEFAULT]\ndefault_cluster = c\n[c]\nhost_base = {gateway.endpoint}\n"
-                    f"access_key = {GATEWAY_ACCESS_KEY}\nsecret_key = {GATEWAY_SECRET_KEY}\n",
+                    f"access_key = {GATEWAY_ACCESS_KEY}\nsecret_key = {GATEWAY_SECRET_KEY}\n"
+                    # Batch gets, which readers answer (batch locates go to the primary).
+                    "short_circuit = false\n",
                     encoding="utf-8")
     keys = sorted(objects)
     urls = [f"s3://train/{key}" for key in keys] + ["s3://train/batch-missing"]

@@ -27,7 +27,10 @@ FAST_RETRY = RetryPolicy(attempts_max=4, backoff_first_s=0.01, backoff_max_s=0.0
 
 
 def _client(tmp_path: Path, endpoint: str, retry: RetryPolicy = FAST_RETRY) -> Client:
-    return Client(write_conf(tmp_path / "petreloss.conf", endpoint), retry=retry)
+    # Batch gets through the gateway: these fake servers answer batch gets only (the
+    # short-circuit path has its own tests, test_client_short_circuit.py).
+    return Client(write_conf(tmp_path / "petreloss.conf", endpoint), retry=retry,
+                  short_circuit=False)
 
 
 def test_slowdown_twice_then_success(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from conftest import Gateway
 from rawhttp import ACCESS_KEY, SECRET_KEY, RawResponse, sign
 
+from petrel import format as fmt
 from petrel import wire
 
 
@@ -162,6 +163,9 @@ def test_too_many_items_is_refused_whole(gateway: Gateway, bucket: str) -> None:
     body = wire.encode_put_request([(f"k{i}", b"x", "") for i in range(1001)])
     response = post(gateway, bucket, "batch-put", body)
     assert (response.status, response.code) == (400, "InvalidRequest")
+    body = wire.encode_get_request([(f"k{i}", None) for i in range(1001)])
+    response = post(gateway, bucket, "batch-locate", body)
+    assert (response.status, response.code) == (400, "InvalidRequest")
     assert batch_get(gateway, bucket, [("k0", None)])[0].status is wire.Status.NOT_FOUND
 
 
@@ -189,9 +193,12 @@ def test_missing_bucket_fails_the_whole_request(gateway: Gateway) -> None:
     body = wire.encode_put_request([("a", b"x", "")])
     response = post(gateway, "no-such-bucket-here", "batch-put", body)
     assert (response.status, response.code) == (404, "NoSuchBucket")
+    body = wire.encode_get_request([("a", None)])
+    response = post(gateway, "no-such-bucket-here", "batch-locate", body)
+    assert (response.status, response.code) == (404, "NoSuchBucket")
 
 
-@pytest.mark.parametrize("operation", ["batch-get", "batch-put"])
+@pytest.mark.parametrize("operation", ["batch-get", "batch-put", "batch-locate"])
 def test_batch_requests_need_a_valid_signature(gateway: Gateway, bucket: str,
                                                operation: str) -> None:
     body = wire.encode_put_request([("x", b"x", "")]) if operation == "batch-put" \
@@ -214,3 +221,38 @@ def test_batch_requests_need_a_valid_signature(gateway: Gateway, bucket: str,
         assert b"XAmzContentSHA256Mismatch" in response.read()
     finally:
         connection.close()
+
+
+def test_locate_answers_where_each_record_is(gateway: Gateway, bucket: str) -> None:
+    """A batch locate names the segment files and, per key, the record's place: read at
+    that place, each record is the object's (its checksum and key); what the gateway
+    would have to read itself (a large object), a range past the end, and an invalid
+    key are FETCH; a missing key NOT_FOUND. The FILE frames' device and inode are the
+    files'."""
+    objects = {f"loc/{i:03d}": os.urandom(100 + i * 41) for i in range(60)}
+    batch_put(gateway, bucket, [(k, v, "") for k, v in objects.items()])
+    batch_put(gateway, bucket, [("huge", os.urandom(1024 * 1024 + 1), "")])
+    asked: list[tuple[str, tuple[int, int | None] | None]] = \
+        [(k, None) for k in objects] + [("loc/007", (5, 10)), ("nope", None),
+                                        ("huge", None), ("loc/001", (10**6, None)),
+                                        ("k" * 1100, None)]
+    response = post(gateway, bucket, "batch-locate", wire.encode_get_request(asked))
+    assert response.status == 200, response.body
+    assert response.headers["content-type"] == wire.CONTENT_TYPE
+    files, entries = wire.decode_locate_response(response.body, len(asked))
+    assert [entry[6] for entry in entries[-4:]] == \
+        [wire.Where.NOT_FOUND, wire.Where.FETCH, wire.Where.FETCH, wire.Where.FETCH]
+    for file in files.values():
+        status = os.stat(file.path)
+        assert os.path.isabs(file.path) and (status.st_dev, status.st_ino) == \
+            (file.device, file.inode)
+    for (key, byte_range), entry in zip(asked[:-4], entries, strict=False):
+        segment_id, offset, length, checksum, start, count, where = entry
+        assert where == wire.Where.LOCATED
+        with open(files[segment_id].path, "rb") as handle:
+            handle.seek(offset)
+            record = handle.read(length)
+        location = fmt.Location(segment_id, 0, length, checksum)
+        payload = fmt.verified_payload(record, 0, location, f"{bucket}/{key}".encode())
+        assert payload == objects[key]
+        assert (start, count) == ((5, 10) if byte_range else (0, len(objects[key])))

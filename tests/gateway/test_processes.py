@@ -213,8 +213,11 @@ def _petrel_client(gateway: Gateway, tmp_path, timeout_s: float = 10.0):  # type
     conf.write_text(f"[DEFAULT]\ndefault_cluster = local\n[local]\nhost_base = "
                     f"{gateway.endpoint}\naccess_key = {ACCESS_KEY}\n"
                     f"secret_key = {SECRET_KEY}\n", encoding="utf-8")
+    # Batch gets, which readers answer (a client reading records itself sends batch
+    # locates, which the primary answers: tests/client/test_client_short_circuit.py).
     return Client(str(conf), retry=RetryPolicy(attempts_max=1),
-                  timeouts=Timeouts(connect_s=timeout_s, read_s=timeout_s))
+                  timeouts=Timeouts(connect_s=timeout_s, read_s=timeout_s),
+                  short_circuit=False)
 
 
 def test_batch_gets_are_answered_by_readers(multi, tmp_path) -> None:  # type: ignore[no-untyped-def]

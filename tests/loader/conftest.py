@@ -32,13 +32,27 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     assert stop_gateway(running) == 0, running.log()
 
 
-@pytest.fixture(scope="session")
-def conf_path(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("loader-conf") / "petreloss.conf"
+def _write_conf(path: Path, gateway: Gateway, short_circuit: str) -> str:
     path.write_text(f"[DEFAULT]\ndefault_cluster = test\n\n[test]\n"
                     f"host_base = {gateway.endpoint}\naccess_key = {ACCESS_KEY}\n"
-                    f"secret_key = {SECRET_KEY}\n", encoding="utf-8")
+                    f"secret_key = {SECRET_KEY}\nshort_circuit = {short_circuit}\n",
+                    encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def conf_path(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Reads through the gateway: what the pre-read cache serves (on the gateway's
+    machine the client would read records itself: `local_conf_path`)."""
+    return _write_conf(tmp_path_factory.mktemp("loader-conf") / "petreloss.conf", gateway,
+                       "false")
+
+
+@pytest.fixture(scope="session")
+def local_conf_path(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Short-circuit reads (petrel.shortcircuit), as by default on loopback."""
+    return _write_conf(tmp_path_factory.mktemp("loader-conf") / "petreloss.conf", gateway,
+                       "auto")
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +101,14 @@ def objects(client: Client, bucket: str) -> Objects:
     return store_objects(client, bucket, 600)
 
 
-def batch_gets(gateway: Gateway) -> int:
-    """BatchGetObjects requests the gateway has answered with 200 (from /metrics)."""
+def batch_gets(gateway: Gateway, operation: str = "batch_get_objects") -> int:
+    """BatchGetObjects (or `operation`) requests the gateway has answered with 200
+    (from /metrics)."""
     with urllib.request.urlopen(f"{gateway.endpoint}/metrics", timeout=10) as response:
         text = response.read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith("petrel_requests_total{") and \
-                'operation="batch_get_objects"' in line and 'status="200"' in line:
+                f'operation="{operation}"' in line and 'status="200"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return int(total)

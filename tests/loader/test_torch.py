@@ -68,6 +68,22 @@ def test_dataloader_two_workers_reads_each_object_once_per_epoch(
     assert collections.Counter(orders[0]) == collections.Counter(orders[1])
 
 
+def test_dataloader_with_short_circuit_reads(local_conf_path: str, objects: Objects,
+                                           gateway: Gateway) -> None:
+    """On the gateway's machine the workers read records from the segment files: every
+    object once, byte-identical, in sampler order; one batch locate per batch and no
+    batch get (the gateway read nothing)."""
+    sampler = EpochSampler(len(objects.urls), shuffle=True, seed=11)
+    dataset = Dataset(objects.urls, sha256, conf_path=local_conf_path, order=sampler)
+    data = loader(dataset, sampler=sampler, num_workers=2)
+    gets, locates = batch_gets(gateway), batch_gets(gateway, "batch_locate_objects")
+    got = [digest for batch in read_epoch(data) for digest in batch]
+    assert got == [objects.digests[objects.urls[i]] for i in sampler.indices(0)]
+    assert batch_gets(gateway, "batch_locate_objects") - locates == \
+        -(-len(objects.urls) // BATCH)
+    assert batch_gets(gateway) == gets
+
+
 def test_dataloader_random_sampler_falls_back_to_one_request_per_batch(
         conf_path: str, objects: Objects, gateway: Gateway) -> None:
     # torch's RandomSampler draws a new order in the main process only: the dataset

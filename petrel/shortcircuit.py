@@ -1,0 +1,129 @@
+"""Short-circuit reads: a client on the gateway's machine reads records from the segment
+files itself, as HDFS clients read a local datanode's block files.
+
+The gateway still decides what is read: a batch locate (`POST /bucket?batch-locate`,
+docs/wire.md) is authenticated and looked up like a batch get, and answers where each
+record lies (segment file, offset, length, checksum) instead of its bytes. The client
+then reads those bytes with `pread` and checks each record as the gateway would (its
+xxh3 checksum against the index's, its key), so a record is never served from the
+wrong file, a torn one, or one changed since: such an item is fetched through the
+gateway instead, which reports a real corruption as it always does. What a gateway
+answering a batch get spends per object (copying the record into its answer, framing,
+the socket on both ends) is gone; a read costs the client one `pread` per run of
+neighbouring records and the check.
+
+Files are opened per call and closed before it returns: a segment deleted by compaction
+is never held open (its disk space kept) by an idle client. A file whose device and
+inode differ from what the gateway saw is another machine's (or another mount
+namespace's) file of the same name: `Unavailable`, and the client stops trying.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from petrel import format as fmt
+from petrel import wire
+from petrel.errors import CorruptionError
+
+# Records of one segment closer than this are read with one pread (the bytes between
+# them are read and dropped); a read covers at most RUN_BYTES_MAX unless one record is
+# longer.
+RUN_GAP_BYTES = 32 * 1024
+RUN_BYTES_MAX = 4 * 1024 * 1024
+
+
+class Unavailable(Exception):
+    """Short-circuit reads cannot work from this process for this gateway: its files
+    are not readable here (permissions), or are not the gateway's files (another
+    machine)."""
+
+
+# A record to read: (segment id, offset, length, checksum, start, count, position of
+# its key): a LOCATIONS entry with the key's position in place of its status, so a
+# plain sort puts reads in file order.
+Wanted = tuple[int, int, int, int, int, int, int]
+
+
+def read_located(bucket: str, keys: Sequence[str], files: Mapping[int, wire.SegmentFile],
+                 wanted: list[Wanted]) -> tuple[dict[int, bytes], list[int]]:
+    """Read the records `wanted` says where to find, in the `files` of a batch locate:
+    (the bytes asked for, by position in `keys`; positions to fetch through the
+    gateway instead: a file gone meanwhile, a record that fails its check). Raises
+    Unavailable."""
+    wanted.sort()
+    found: dict[int, bytes] = {}
+    refetch: list[int] = []
+    prefix = bucket.encode() + b"/"
+    start = 0
+    while start < len(wanted):
+        segment_id = wanted[start][0]
+        end = start + 1
+        while end < len(wanted) and wanted[end][0] == segment_id:
+            end += 1
+        _read_segment(files[segment_id], wanted[start:end], keys, prefix, found, refetch)
+        start = end
+    return found, refetch
+
+
+def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[str],
+                  prefix: bytes, found: dict[int, bytes], refetch: list[int]) -> None:
+    try:
+        fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # Sealed and moved, or compacted away, since the gateway looked: it reads them.
+        refetch.extend(item[6] for item in wanted)
+        return
+    except OSError as exc:
+        raise Unavailable(f"cannot open the gateway's segment file {file.path}: "
+                          f"{exc.strerror}") from exc
+    try:
+        status = os.fstat(fd)
+        if (status.st_dev, status.st_ino) != (file.device, file.inode):
+            raise Unavailable(f"{file.path} here is not the gateway's file (another "
+                              "machine or mount namespace)")
+        for run in _runs(wanted):
+            _read_run(fd, run, keys, prefix, found, refetch)
+    finally:
+        os.close(fd)
+
+
+def _runs(wanted: list[Wanted]) -> list[list[Wanted]]:
+    """`wanted` (one segment's, in offset order) cut into runs read with one pread."""
+    runs: list[list[Wanted]] = []
+    run: list[Wanted] = []
+    run_start = run_end = 0
+    for item in wanted:
+        offset = item[1]
+        end = offset + item[2]
+        if run and offset - run_end <= RUN_GAP_BYTES and \
+                max(end, run_end) - run_start <= RUN_BYTES_MAX:
+            run.append(item)
+            run_end = max(run_end, end)
+            continue
+        run = [item]
+        runs.append(run)
+        run_start, run_end = offset, end
+    return runs
+
+
+def _read_run(fd: int, run: list[Wanted], keys: Sequence[str], prefix: bytes,
+              found: dict[int, bytes], refetch: list[int]) -> None:
+    base = run[0][1]
+    end = max(item[1] + item[2] for item in run)
+    data = os.pread(fd, end - base, base)
+    verified = fmt.verified_payload
+    for segment_id, offset, length, checksum, start, count, position in run:
+        try:
+            payload = verified(data, offset - base,
+                               fmt.Location(segment_id, offset, length, checksum),
+                               prefix + keys[position].encode())
+        except CorruptionError:
+            # Cut short or not the record the index holds: the gateway reads it, and
+            # reports it if it is corrupt there too.
+            refetch.append(position)
+            continue
+        if start or count != len(payload):
+            payload = payload[start : start + count]
+        found[position] = payload
