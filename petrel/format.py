@@ -259,7 +259,12 @@ def verified_payload(buf: bytes | bytearray | mmap.mmap, offset: int, location: 
     The header checksum is not checked: the full checksum covers it, and is compared
     with the index's copy too, so a second hash would only slow the read path down.
     """
-    length = location.length
+    return checked_payload(buf, offset, location.length, location.checksum, key)
+
+
+def checked_payload(buf: bytes | bytearray | mmap.mmap, offset: int, length: int,
+                    checksum: int, key: bytes) -> bytes:
+    """`verified_payload` of the record of `length` bytes and `checksum` at `offset`."""
     end = offset + length
     if end > len(buf) or length < RECORD_OVERHEAD_BYTES:
         raise TruncatedRecord(f"record at {offset} of {length} bytes runs past end")
@@ -267,7 +272,6 @@ def verified_payload(buf: bytes | bytearray | mmap.mmap, offset: int, location: 
     if magic != RECORD_MAGIC or version != FORMAT_VERSION or \
             RECORD_OVERHEAD_BYTES + key_len + meta_len + payload_len != length:
         raise CorruptRecord(f"bad record framing at {offset}")
-    checksum = location.checksum
     if int.from_bytes(buf[end - 8 : end], "little") != checksum or \
             _checksum(memoryview(buf)[offset : end - 8]) != checksum:
         raise CorruptRecord(f"record checksum mismatch at {offset}")

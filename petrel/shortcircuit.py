@@ -83,47 +83,41 @@ def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[s
         if (status.st_dev, status.st_ino) != (file.device, file.inode):
             raise Unavailable(f"{file.path} here is not the gateway's file (another "
                               "machine or mount namespace)")
-        for run in _runs(wanted):
-            _read_run(fd, run, keys, prefix, found, refetch)
+        _read_runs(fd, wanted, keys, prefix, found, refetch)
     finally:
         os.close(fd)
 
 
-def _runs(wanted: list[Wanted]) -> list[list[Wanted]]:
-    """`wanted` (one segment's, in offset order) cut into runs read with one pread."""
-    runs: list[list[Wanted]] = []
-    run: list[Wanted] = []
-    run_start = run_end = 0
-    for item in wanted:
-        offset = item[1]
-        end = offset + item[2]
-        if run and offset - run_end <= RUN_GAP_BYTES and \
-                max(end, run_end) - run_start <= RUN_BYTES_MAX:
-            run.append(item)
-            run_end = max(run_end, end)
-            continue
-        run = [item]
-        runs.append(run)
-        run_start, run_end = offset, end
-    return runs
-
-
-def _read_run(fd: int, run: list[Wanted], keys: Sequence[str], prefix: bytes,
-              found: dict[int, bytes], refetch: list[int]) -> None:
-    base = run[0][1]
-    end = max(item[1] + item[2] for item in run)
-    data = os.pread(fd, end - base, base)
-    verified = fmt.verified_payload
-    for segment_id, offset, length, checksum, start, count, position in run:
-        try:
-            payload = verified(data, offset - base,
-                               fmt.Location(segment_id, offset, length, checksum),
-                               prefix + keys[position].encode())
-        except CorruptionError:
-            # Cut short or not the record the index holds: the gateway reads it, and
-            # reports it if it is corrupt there too.
-            refetch.append(position)
-            continue
-        if start or count != len(payload):
-            payload = payload[start : start + count]
-        found[position] = payload
+def _read_runs(fd: int, wanted: list[Wanted], keys: Sequence[str], prefix: bytes,
+               found: dict[int, bytes], refetch: list[int]) -> None:
+    """Read `wanted` (one segment's, in offset order): neighbours closer than
+    RUN_GAP_BYTES with one pread, up to RUN_BYTES_MAX (a longer record alone). One pass,
+    no list per run: most runs of a shuffled read are one record."""
+    check = fmt.checked_payload
+    pread = os.pread
+    count_wanted = len(wanted)
+    first = 0
+    while first < count_wanted:
+        base = wanted[first][1]
+        end = base + wanted[first][2]
+        last = first + 1
+        while last < count_wanted:
+            offset, length = wanted[last][1], wanted[last][2]
+            if offset - end > RUN_GAP_BYTES or max(end, offset + length) - base > RUN_BYTES_MAX:
+                break
+            end = max(end, offset + length)
+            last += 1
+        data = pread(fd, end - base, base)
+        for _, offset, length, checksum, start, count, position in wanted[first:last]:
+            try:
+                payload = check(data, offset - base, length, checksum,
+                                prefix + keys[position].encode())
+            except CorruptionError:
+                # Cut short or not the record the index holds: the gateway reads it,
+                # and reports it if it is corrupt there too.
+                refetch.append(position)
+                continue
+            if start or count != len(payload):
+                payload = payload[start : start + count]
+            found[position] = payload
+        first = last
