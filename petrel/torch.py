@@ -198,7 +198,8 @@ class Dataset(_FromSources, TorchDataset[Any]):
             # Short-circuit reads (petrel.shortcircuit): the records come from the page
             # cache, read in this thread. A pre-read thread would not hide a wait, only
             # contend with this one for the GIL: the DataLoader read 41-42k objects/s
-            # with it, 49-55k without (bench/results/loader-2026-11-25-short-circuit.md).
+            # with it, 49-55k without
+            # (bench/results/loader-2026-11-25-short-circuit-notes.md).
             datas = state.client.get_batch(urls)
         else:
             self._plan_from(state, [int(i) for i in indices])
