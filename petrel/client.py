@@ -73,9 +73,10 @@ SHORT_CIRCUIT_MODES = ("auto", "true", "false")
 # After a batch locate that found no record in a local file, batch gets skip the locate
 # for this long.
 LOCAL_READS_PAUSE_S = 30.0
-# What a gateway without batch locate answers it with: short-circuit reads go off.
-_LOCATE_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "InvalidRequest",
-                                 "InvalidArgument", "MalformedBatch"})
+# What a gateway without batch locate answers it with (an older petrel gateway:
+# MethodNotAllowed; a malformed answer: MalformedBatch): short-circuit reads go off.
+_LOCATE_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "InvalidArgument",
+                                 "MalformedBatch"})
 
 GetResult = bytes | None | PetrelError
 Content = bytes | bytearray | memoryview | str | IO[bytes] | IO[str]

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 from clientconf import TEST_RETRY, write_conf
-from fakeserver import fake_server
+from fakeserver import error_response, fake_server
 
 from petrel import client as client_module
 from petrel import format as fmt
@@ -276,3 +276,27 @@ def test_nothing_local_pauses_batch_locates(tmp_path: Path,
         assert client.get_batch(["s3://bk/a"]) == [b"A"]
     assert requests == ["batch-locate=", "batch-get=", "batch-get=", "batch-locate=",
                         "batch-get="]
+
+
+def test_a_gateway_without_batch_locate_is_read_through(tmp_path: Path) -> None:
+    """An older gateway answers a batch locate MethodNotAllowed: the client reads through
+    batch gets from then on, and the first call's answer is still whole."""
+    requests: list[str] = []
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        await request.read()
+        requests.append(request.query_string)
+        if "batch-locate" in request.query:
+            return error_response(405, "MethodNotAllowed")
+        pieces: list[bytes | memoryview] = [wire.stream_header(wire.Kind.GET_RESPONSE)]
+        wire.add_found(pieces, "a", 1, 0, "e", b"A")
+        pieces.append(wire.end_frame(1))
+        return web.Response(body=b"".join(pieces), content_type=wire.CONTENT_TYPE)
+
+    with fake_server(handler) as server:
+        client = Client(write_conf(tmp_path / "petreloss.conf", server.endpoint),
+                        retry=TEST_RETRY)  # auto: the fake server is on loopback
+        assert client.get_batch(["s3://bk/a"]) == [b"A"]
+        assert client.get_batch(["s3://bk/a"]) == [b"A"]
+        assert not client.reads_locally("s3://bk/a")
+    assert requests == ["batch-locate=", "batch-get=", "batch-get="]
