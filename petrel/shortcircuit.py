@@ -21,6 +21,7 @@ namespace's) file of the same name: `Unavailable`, and the client stops trying.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 
 from petrel import format as fmt
@@ -70,7 +71,9 @@ def read_located(bucket: str, keys: Sequence[str], files: Mapping[int, wire.Segm
 def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[str],
                   prefix: bytes, found: dict[int, bytes], refetch: list[int]) -> None:
     try:
-        fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a path that names a FIFO must not block the open (a regular
+        # file's reads ignore the flag).
+        fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         # Sealed and moved, or compacted away, since the gateway looked: it reads them.
         refetch.extend(item[6] for item in wanted)
@@ -80,7 +83,8 @@ def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[s
                           f"{exc.strerror}") from exc
     try:
         status = os.fstat(fd)
-        if (status.st_dev, status.st_ino) != (file.device, file.inode):
+        if not stat.S_ISREG(status.st_mode) or \
+                (status.st_dev, status.st_ino) != (file.device, file.inode):
             raise Unavailable(f"{file.path} here is not the gateway's file (another "
                               "machine or mount namespace)")
         _read_runs(fd, wanted, keys, prefix, found, refetch)

@@ -167,6 +167,13 @@ def test_read_located_checks_what_it_reads(tmp_path: Path) -> None:
     # A file gone since the gateway looked: fetched through the gateway.
     gone = wire.SegmentFile(1, str(tmp_path / "gone.seg"), status.st_dev, status.st_ino)
     assert shortcircuit.read_located("bkt", [key], {1: gone}, [(*entry, 0, 1, 0)]) == ({}, [0])
+    # Not a regular file (a FIFO, whose open would block without O_NONBLOCK): stop.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fifo_stat = os.stat(fifo)
+    named = wire.SegmentFile(1, str(fifo), fifo_stat.st_dev, fifo_stat.st_ino)
+    with pytest.raises(shortcircuit.Unavailable, match="not the gateway's file"):
+        shortcircuit.read_located("bkt", [key], {1: named}, [(*entry, 0, 1, 0)])
     # Another file of the same name (another machine's): short-circuit reads stop.
     other = wire.SegmentFile(1, str(path), status.st_dev, status.st_ino + 1)
     with pytest.raises(shortcircuit.Unavailable, match="not the gateway's file"):
