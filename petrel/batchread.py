@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -16,13 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from petrel import format as fmt
 from petrel import index as ix
 from petrel import wire
-from petrel.errors import (
-    CorruptionError,
-    InvalidArgument,
-    NoSuchKey,
-    NotServedHere,
-    PetrelError,
-)
+from petrel.errors import InvalidArgument, NoSuchKey, NotServedHere, PetrelError
 from petrel.model import ByteRange, GetItem, GetResult, resolve_range
 from petrel.segments import LocalFile
 
@@ -128,11 +121,6 @@ def look_up_whole(store: Store | Replica, items: Sequence[GetItem]) -> Lookup:
 
 
 # ----- short-circuit reads ---------------------------------------------------------
-# The fields of an index value (format.decode_index_value) a batch locate needs: segment
-# id, flags, metadata length, record offset and length, object size, record checksum.
-_LOCATE_FIELDS = struct.Struct("<IBHIIQ16xQ")
-
-
 def locate(store: Store, bucket: str, items: Sequence[tuple[str, tuple[int, int | None] | None]]
            ) -> tuple[list[wire.SegmentFile], list[wire.LocateEntry]]:
     """Where each item's record lies in a local segment file, for a client on this
@@ -159,17 +147,12 @@ def locate(store: Store, bucket: str, items: Sequence[tuple[str, tuple[int, int 
             positions.append(position)
             keys.append(prefix + raw_key)
     files: dict[int, LocalFile | None] = {}
-    unpack = _LOCATE_FIELDS.unpack_from
-    fixed, large, known = fmt.INDEX_VALUE_FIXED_BYTES, fmt.FLAG_LARGE, fmt.FLAGS_KNOWN
+    decode, large = fmt.decode_index_location, fmt.FLAG_LARGE
     for position, value in zip(positions, store.kv.multi_get(keys), strict=True):
         if value is None:
             entries[position] = not_found
             continue
-        if len(value) < fixed:
-            raise CorruptionError("index value too short")
-        segment_id, flags, meta_len, offset, length, size, checksum = unpack(value)
-        if fixed + meta_len != len(value) or flags & ~known:
-            raise CorruptionError("index value length or flags invalid")
+        segment_id, flags, offset, length, size, checksum = decode(value)
         if flags & large:
             continue
         local = files.get(segment_id, False)

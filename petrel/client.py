@@ -607,10 +607,9 @@ class Client:
             mode = self.config.cluster(cluster).short_circuit
             if self.short_circuit is not None:
                 on = self.short_circuit
-            elif mode == "auto":
-                on = self._transport(cluster).endpoint.is_loopback
             else:
-                on = mode == "true"
+                on = self._transport(cluster).endpoint.is_loopback if mode == "auto" \
+                    else mode == "true"
             self._local_reads[cluster] = on
         return on
 
@@ -661,8 +660,7 @@ class Client:
                 results[position] = result
         return results
 
-    def _gateway_get_chunk(self, where: tuple[str, str, str],
-                           items: builtins.list[tuple[str, tuple[int, int | None] | None]]
+    def _gateway_get_chunk(self, where: tuple[str, str, str], items: builtins.list[_Item]
                            ) -> builtins.list[GetResult]:
         body = wire.encode_get_request(items)
         bucket = Location(where[0], where[1], "")

@@ -503,15 +503,39 @@ INDEX_VALUE_FIXED_BYTES = _INDEX_VALUE.size
 
 def decode_index_value(buf: bytes) -> Entry:
     """Decode an index value (one unpack: this runs once per object read)."""
-    if len(buf) < INDEX_VALUE_FIXED_BYTES:
-        raise CorruptionError("index value too short")
+    _check_index_value_size(buf)
     (segment_id, flags, meta_len, offset, length, size, seq, mtime_ms, checksum, parts,
      md5) = _INDEX_VALUE.unpack_from(buf)
-    if INDEX_VALUE_FIXED_BYTES + meta_len != len(buf) or flags & ~FLAGS_KNOWN:
-        raise CorruptionError("index value length or flags invalid")
+    _check_index_value(buf, flags, meta_len)
     meta = buf[INDEX_VALUE_FIXED_BYTES:] if meta_len else b""
     return Entry(Location(segment_id, offset, length, checksum), flags, size, seq, mtime_ms,
                  parts, md5, meta)
+
+
+# The fields of an index value a batch locate needs (decode_index_location).
+_INDEX_LOCATION = struct.Struct("<IBHIIQ16xQ")
+
+
+def decode_index_location(buf: bytes) -> tuple[int, int, int, int, int, int]:
+    """(segment id, flags, record offset, record length, object size, record checksum)
+    of an index value, checked as decode_index_value checks it, without building an
+    Entry: a batch locate runs this for every object a client on the gateway's machine
+    reads."""
+    _check_index_value_size(buf)
+    segment_id, flags, meta_len, offset, length, size, checksum = \
+        _INDEX_LOCATION.unpack_from(buf)
+    _check_index_value(buf, flags, meta_len)
+    return segment_id, flags, offset, length, size, checksum
+
+
+def _check_index_value_size(buf: bytes) -> None:
+    if len(buf) < INDEX_VALUE_FIXED_BYTES:
+        raise CorruptionError("index value too short")
+
+
+def _check_index_value(buf: bytes, flags: int, meta_len: int) -> None:
+    if INDEX_VALUE_FIXED_BYTES + meta_len != len(buf) or flags & ~FLAGS_KNOWN:
+        raise CorruptionError("index value length or flags invalid")
 
 
 # ----- footer ---------------------------------------------------------------------------

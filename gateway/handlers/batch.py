@@ -117,10 +117,7 @@ async def batch_locate_objects(call: Call) -> web.Response:
     offset, length, checksum), NOT_FOUND, or FETCH (a remote segment, a large object,
     an error: the client asks a batch get). No record is read."""
     body = await call.read_body(request_bytes_max(call.store.limits, with_data=False))
-    items_max = call.store.limits.batch_items_max
-    wanted = wire.decode_get_request(body, items_max=items_max + 1)
-    if len(wanted) > items_max:
-        raise TooManyItems(f"at most {items_max} items per batch")
+    wanted = requested_items(body, call.store.limits)
     files, locations = batchread.locate(call.store, call.bucket, wanted)
     return web.Response(status=200, body=wire.encode_locate_response(files, locations),
                         headers={"Content-Type": wire.CONTENT_TYPE})
@@ -159,15 +156,22 @@ class _Pieces(payload.Payload):
         await self.write(writer)
 
 
-def get_items(body: bytes, bucket: str, limits: Limits) -> list[GetItem]:
-    """The items of a batch get request body. Raises MalformedBatch, TooManyItems."""
+def requested_items(body: bytes, limits: Limits
+                    ) -> list[tuple[str, tuple[int, int | None] | None]]:
+    """The (key, byte range) items of a GET_REQUEST body (batch get, batch locate).
+    Raises MalformedBatch, TooManyItems."""
     items_max = limits.batch_items_max
     wanted = wire.decode_get_request(body, items_max=items_max + 1)
     if len(wanted) > items_max:
         raise TooManyItems(f"at most {items_max} items per batch")
+    return wanted
+
+
+def get_items(body: bytes, bucket: str, limits: Limits) -> list[GetItem]:
+    """The items of a batch get request body. Raises MalformedBatch, TooManyItems."""
     return [GetItem(bucket, key, None) if byte_range is None
             else GetItem(bucket, key, ByteRange(byte_range[0], byte_range[1]))
-            for key, byte_range in wanted]
+            for key, byte_range in requested_items(body, limits)]
 
 
 def encode_results(pieces: list[bytes | memoryview], results: list[GetResult]) -> int:
