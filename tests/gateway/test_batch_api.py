@@ -256,3 +256,18 @@ def test_locate_answers_where_each_record_is(gateway: Gateway, bucket: str) -> N
         payload = fmt.verified_payload(record, 0, location, f"{bucket}/{key}".encode())
         assert payload == objects[key]
         assert (start, count) == ((5, 10) if byte_range else (0, len(objects[key])))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not-a-batch", "wrong-kind"])
+def test_malformed_locate_body_is_refused(gateway: Gateway, bucket: str, damage: str) -> None:
+    body = wire.encode_get_request([(f"m{i}", None) for i in range(10)])
+    if damage == "truncated":
+        body = body[:-20]
+    elif damage == "flipped":
+        body = body[:-40] + bytes([body[-40] ^ 0x10]) + body[-39:]
+    elif damage == "not-a-batch":
+        body = b"<xml/>"
+    else:
+        body = wire.encode_put_request([("m0", b"x", "")])
+    response = post(gateway, bucket, "batch-locate", body)
+    assert (response.status, response.code) == (400, "MalformedBatch")
