@@ -375,7 +375,10 @@ def test_index_catch_ups_are_counted_and_reads_alone_make_none(multi) -> None:  
     client = make_client(multi.endpoint)
     client.create_bucket(Bucket="catchup")
     client.put_object(Bucket="catchup", Key="k", Body=b"v1")
-    for _ in range(8):  # every reader reads it: each catches up once for it
+    # Every reader reads it (each catches up once for it): the kernel spreads new
+    # connections over the 3 processes at random, so 8 leave a reader out about 8% of
+    # the time (and it catches up in the loop below); 40 leave one out 1 in 10^7.
+    for _ in range(40):
         assert _fresh(multi).get_object(Bucket="catchup", Key="k")["Body"].read() == b"v1"
     settled = _metric(multi, "petrel_reader_index_catch_ups_total")
     assert settled >= READERS  # at least each reader's first, at its start
