@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import unquote
 
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
@@ -490,7 +490,7 @@ class Client:
         (cluster, bucket) and `batch_size` items, `batch_threads` in flight."""
         if ranges is not None and len(ranges) != len(urls):
             raise ValueError(f"{len(ranges)} ranges for {len(urls)} urls")
-        locs = [self._batch_item(url) for url in urls]
+        locs = self._batch_items(urls)
         results: builtins.list[GetResult] = [None] * len(locs)
         chunks = _chunks(locs, [1] * len(locs), self.batch_size, None)
         requests = [(locs[chunk[0]], [(locs[i][2], None if ranges is None else ranges[i])
@@ -532,6 +532,23 @@ class Client:
             if isinstance(result, PetrelError):
                 raise result
         return results  # type: ignore[return-value]  # only ETags left
+
+    def _batch_items(self, urls: Sequence[str]) -> builtins.list[tuple[str, str, str]]:
+        """`_batch_item` of each URL, the plain `s3://bucket/key` ones (a batch's usual
+        URLs) parsed in line: half the cost per URL of a batch that is mostly this."""
+        default = None
+        locs: builtins.list[tuple[str, str, str]] = []
+        append = locs.append
+        for url in urls:
+            if url.__class__ is str and url.startswith("s3://"):
+                bucket, _, key = url[5:].partition("/")
+                if bucket and key:
+                    if default is None:
+                        default = self._cluster_name(None)
+                    append((default, bucket, key))
+                    continue
+            append(self._batch_item(url))
+        return locs
 
     def _batch_item(self, url: str) -> tuple[str, str, str]:
         """(cluster name, bucket, key) of one batch URL: a plain tuple, as batches make
@@ -635,28 +652,16 @@ class Client:
                             answer: _Located) -> builtins.list[GetResult]:
         """Read the records a batch locate found here; fetch the others with a batch get.
         Raises shortcircuit.Unavailable."""
-        results: builtins.list[GetResult] = [None] * len(items)
-        wanted: builtins.list[shortcircuit.Wanted] = []
-        elsewhere: builtins.list[int] = []
-        located, fetch = wire.Where.LOCATED, wire.Where.FETCH
-        for position, (segment_id, offset, length, checksum, start, count, status) in \
-                enumerate(answer.locations):
-            if status == located:
-                wanted.append((segment_id, offset, length, checksum, start, count, position))
-            elif status == fetch:
-                elsewhere.append(position)
-        if not wanted and elsewhere:
-            # Nothing here is in a local file (an S3 backend's sealed segments): batch
-            # gets for a while, rather than a batch locate before each.
-            self._local_paused_until[where[0]] = time.monotonic() + LOCAL_READS_PAUSE_S
-        found, refetch = shortcircuit.read_located(where[1], [key for key, _ in items],
-                                                   answer.files, wanted)
-        for position, data in found.items():
-            results[position] = data
-        elsewhere += refetch
-        if elsewhere:
-            fetched = self._gateway_get_chunk(where, [items[i] for i in elsewhere])
-            for position, result in zip(elsewhere, fetched, strict=True):
+        found, fetch = shortcircuit.read_located(where[1], [key for key, _ in items],
+                                                 answer.files, answer.locations)
+        results = cast(builtins.list[GetResult], found)  # errors join bytes and None
+        if fetch:
+            if not any(entry[6] == wire.Where.LOCATED for entry in answer.locations):
+                # Nothing here is in a local file (an S3 backend's sealed segments):
+                # batch gets for a while, rather than a batch locate before each.
+                self._local_paused_until[where[0]] = time.monotonic() + LOCAL_READS_PAUSE_S
+            fetched = self._gateway_get_chunk(where, [items[i] for i in fetch])
+            for position, result in zip(fetch, fetched, strict=True):
                 results[position] = result
         return results
 

@@ -41,42 +41,55 @@ class Unavailable(Exception):
     machine)."""
 
 
-# A record to read: (segment id, offset, length, checksum, start, count, position of
-# its key): a LOCATIONS entry with the key's position in place of its status, so a
-# plain sort puts reads in file order.
-Wanted = tuple[int, int, int, int, int, int, int]
+# Plain ints: compared once per key.
+LOCATED, FETCH = int(wire.Where.LOCATED), int(wire.Where.FETCH)
+
+# A record to read, in the order reads are made: (segment id, offset, position of its
+# key and LOCATIONS entry).
+_Wanted = tuple[int, int, int]
 
 
 def read_located(bucket: str, keys: Sequence[str], files: Mapping[int, wire.SegmentFile],
-                 wanted: list[Wanted]) -> tuple[dict[int, bytes], list[int]]:
-    """Read the records `wanted` says where to find, in the `files` of a batch locate:
-    (the bytes asked for, by position in `keys`; positions to fetch through the
-    gateway instead: a file gone meanwhile, a record that fails its check). Raises
-    Unavailable."""
+                 locations: Sequence[wire.LocateEntry]
+                 ) -> tuple[list[bytes | None], list[int]]:
+    """Read what the LOCATIONS entries of a batch locate (one per key of `keys`, in
+    order) place in its `files`: (the bytes asked for by position, None where nothing
+    was read; the positions to fetch through the gateway instead: FETCH entries, a
+    file gone meanwhile, a record that fails its check). NOT_FOUND entries stay None.
+    Raises Unavailable."""
+    results: list[bytes | None] = [None] * len(locations)
+    fetch: list[int] = []
+    wanted: list[_Wanted] = []
+    for position, entry in enumerate(locations):
+        if entry[6] == LOCATED:
+            wanted.append((entry[0], entry[1], position))
+        elif entry[6] == FETCH:
+            fetch.append(position)
     wanted.sort()
-    found: dict[int, bytes] = {}
-    refetch: list[int] = []
     prefix = bucket.encode() + b"/"
-    start = 0
-    while start < len(wanted):
-        segment_id = wanted[start][0]
-        end = start + 1
-        while end < len(wanted) and wanted[end][0] == segment_id:
-            end += 1
-        _read_segment(files[segment_id], wanted[start:end], keys, prefix, found, refetch)
-        start = end
-    return found, refetch
+    first = 0
+    while first < len(wanted):
+        segment_id = wanted[first][0]
+        last = first + 1
+        while last < len(wanted) and wanted[last][0] == segment_id:
+            last += 1
+        _read_segment(files[segment_id], wanted[first:last], locations, keys, prefix,
+                      results, fetch)
+        first = last
+    return results, fetch
 
 
-def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[str],
-                  prefix: bytes, found: dict[int, bytes], refetch: list[int]) -> None:
+
+def _read_segment(file: wire.SegmentFile, wanted: list[_Wanted],
+                  locations: Sequence[wire.LocateEntry], keys: Sequence[str], prefix: bytes,
+                  results: list[bytes | None], fetch: list[int]) -> None:
     try:
         # O_NONBLOCK: a path that names a FIFO must not block the open (a regular
         # file's reads ignore the flag).
         fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         # Sealed and moved, or compacted away, since the gateway looked: it reads them.
-        refetch.extend(item[6] for item in wanted)
+        fetch.extend(position for _, _, position in wanted)
         return
     except OSError as exc:
         raise Unavailable(f"cannot open the gateway's segment file {file.path}: "
@@ -87,13 +100,14 @@ def _read_segment(file: wire.SegmentFile, wanted: list[Wanted], keys: Sequence[s
                 (status.st_dev, status.st_ino) != (file.device, file.inode):
             raise Unavailable(f"{file.path} here is not the gateway's file (another "
                               "machine or mount namespace)")
-        _read_runs(fd, wanted, keys, prefix, found, refetch)
+        _read_runs(fd, wanted, locations, keys, prefix, results, fetch)
     finally:
         os.close(fd)
 
 
-def _read_runs(fd: int, wanted: list[Wanted], keys: Sequence[str], prefix: bytes,
-               found: dict[int, bytes], refetch: list[int]) -> None:
+def _read_runs(fd: int, wanted: list[_Wanted], locations: Sequence[wire.LocateEntry],
+               keys: Sequence[str], prefix: bytes, results: list[bytes | None],
+               fetch: list[int]) -> None:
     """Read `wanted` (one segment's, in offset order): neighbours closer than
     RUN_GAP_BYTES with one pread, up to RUN_BYTES_MAX (a longer record alone). One pass,
     no list per run: most runs of a shuffled read are one record."""
@@ -102,26 +116,28 @@ def _read_runs(fd: int, wanted: list[Wanted], keys: Sequence[str], prefix: bytes
     count_wanted = len(wanted)
     first = 0
     while first < count_wanted:
-        base = wanted[first][1]
-        end = base + wanted[first][2]
+        _, base, position = wanted[first]
+        end = base + locations[position][2]
         last = first + 1
         while last < count_wanted:
-            offset, length = wanted[last][1], wanted[last][2]
-            if offset - end > RUN_GAP_BYTES or max(end, offset + length) - base > RUN_BYTES_MAX:
+            _, offset, position = wanted[last]
+            record_end = offset + locations[position][2]
+            if offset - end > RUN_GAP_BYTES or max(end, record_end) - base > RUN_BYTES_MAX:
                 break
-            end = max(end, offset + length)
+            end = max(end, record_end)
             last += 1
         data = pread(fd, end - base, base)
-        for _, offset, length, checksum, start, count, position in wanted[first:last]:
+        for _, offset, position in wanted[first:last]:
+            _, _, length, checksum, start, count, _ = locations[position]
             try:
                 payload = check(data, offset - base, length, checksum,
                                 prefix + keys[position].encode())
             except CorruptionError:
                 # Cut short or not the record the index holds: the gateway reads it,
                 # and reports it if it is corrupt there too.
-                refetch.append(position)
+                fetch.append(position)
                 continue
             if start or count != len(payload):
                 payload = payload[start : start + count]
-            found[position] = payload
+            results[position] = payload
         first = last

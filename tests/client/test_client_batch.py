@@ -14,7 +14,7 @@ from fakeserver import fake_server
 from rawhttp import delete_bucket_fully
 
 from petrel import wire
-from petrel.client import Client
+from petrel.client import Client, InvalidUrl
 from petrel.errors import InvalidRange, KeyTooLongError, MalformedBatch, PetrelError
 
 
@@ -48,6 +48,16 @@ def test_missing_and_duplicate_keys(client: Client, bucket: str) -> None:
     assert client.get_batch(urls) == [objects[a], None, objects[b], objects[a], objects[a], None]
     assert client.fetch_batch(urls) == client.get_batch(urls)
     assert client.get_batch([]) == []
+
+
+def test_bad_urls_are_refused_before_any_request(client: Client, bucket: str) -> None:
+    client.put(f"s3://{bucket}/here", b"here")
+    good = f"s3://{bucket}/here"
+    for bad in (f"s3://{bucket}", f"s3://{bucket}/", "s3:///key", f"http://{bucket}/k",
+                f"::s3://{bucket}/k", b"s3://bytes/key"):
+        with pytest.raises(InvalidUrl):
+            client.get_batch([good, bad])  # type: ignore[list-item]  # bytes on purpose
+    assert client.get_batch([good]) == [b"here"]
 
 
 def test_missing_bucket_reads_as_none(client: Client, bucket: str) -> None:

@@ -151,33 +151,40 @@ def test_read_located_checks_what_it_reads(tmp_path: Path) -> None:
     file = wire.SegmentFile(1, str(path), status.st_dev, status.st_ino)
     entry = (1, 64, record.length, record.checksum)
 
-    found, refetch = shortcircuit.read_located("bkt", [key], {1: file},
-                                               [(*entry, 4, 6, 0)])
-    assert found == {0: payload[4:10]} and refetch == []
+    def located(*entry: int) -> list[wire.LocateEntry]:
+        return [(*entry, wire.Where.LOCATED)]
+
+    assert shortcircuit.read_located("bkt", [key], {1: file}, located(*entry, 4, 6)) == \
+        ([payload[4:10]], [])
     # Another key, a wrong checksum, the wrong offset, a record cut short by the end of
     # the file: each fetched through the gateway.
-    whole = (*entry, 0, len(payload), 0)
-    assert shortcircuit.read_located("bkt", ["other"], {1: file}, [whole]) == ({}, [0])
-    bad_sum = (1, 64, record.length, record.checksum ^ 1, 0, len(payload), 0)
-    assert shortcircuit.read_located("bkt", [key], {1: file}, [bad_sum]) == ({}, [0])
-    shifted = (1, 60, record.length, record.checksum, 0, len(payload), 0)
-    assert shortcircuit.read_located("bkt", [key], {1: file}, [shifted]) == ({}, [0])
-    cut = (1, 64 + 10, record.length, record.checksum, 0, len(payload), 0)
-    assert shortcircuit.read_located("bkt", [key], {1: file}, [cut]) == ({}, [0])
+    whole = located(*entry, 0, len(payload))
+    assert shortcircuit.read_located("bkt", ["other"], {1: file}, whole) == ([None], [0])
+    bad_sum = located(1, 64, record.length, record.checksum ^ 1, 0, len(payload))
+    assert shortcircuit.read_located("bkt", [key], {1: file}, bad_sum) == ([None], [0])
+    shifted = located(1, 60, record.length, record.checksum, 0, len(payload))
+    assert shortcircuit.read_located("bkt", [key], {1: file}, shifted) == ([None], [0])
+    cut = located(1, 64 + 10, record.length, record.checksum, 0, len(payload))
+    assert shortcircuit.read_located("bkt", [key], {1: file}, cut) == ([None], [0])
+    # FETCH and NOT_FOUND entries: fetched through the gateway, and left None.
+    mixed = [(0, 0, 0, 0, 0, 0, wire.Where.FETCH), *whole,
+             (0, 0, 0, 0, 0, 0, wire.Where.NOT_FOUND)]
+    assert shortcircuit.read_located("bkt", ["far", key, "none"], {1: file}, mixed) == \
+        ([None, payload, None], [0])
     # A file gone since the gateway looked: fetched through the gateway.
     gone = wire.SegmentFile(1, str(tmp_path / "gone.seg"), status.st_dev, status.st_ino)
-    assert shortcircuit.read_located("bkt", [key], {1: gone}, [(*entry, 0, 1, 0)]) == ({}, [0])
+    assert shortcircuit.read_located("bkt", [key], {1: gone}, whole) == ([None], [0])
     # Not a regular file (a FIFO, whose open would block without O_NONBLOCK): stop.
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     fifo_stat = os.stat(fifo)
     named = wire.SegmentFile(1, str(fifo), fifo_stat.st_dev, fifo_stat.st_ino)
     with pytest.raises(shortcircuit.Unavailable, match="not the gateway's file"):
-        shortcircuit.read_located("bkt", [key], {1: named}, [(*entry, 0, 1, 0)])
+        shortcircuit.read_located("bkt", [key], {1: named}, whole)
     # Another file of the same name (another machine's): short-circuit reads stop.
     other = wire.SegmentFile(1, str(path), status.st_dev, status.st_ino + 1)
     with pytest.raises(shortcircuit.Unavailable, match="not the gateway's file"):
-        shortcircuit.read_located("bkt", [key], {1: other}, [(*entry, 0, 1, 0)])
+        shortcircuit.read_located("bkt", [key], {1: other}, whole)
 
 
 def test_files_of_another_machine_turn_short_circuit_off(tmp_path: Path) -> None:
