@@ -341,11 +341,17 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiskFullRun]
     try:
         config = write_config(mount)
         gateway = launch(mount, config=config)
+        filled = False
         try:
             _fill_and_observe(gateway, mount, run)
+            filled = True
         finally:
             stop_gateway(gateway, timeout_s=40)
             run.log = gateway.log()
+            if not filled:
+                # Shown with the setup error: what the gateway saw when a request
+                # failed without an answer (seen once in CI: a reset connection).
+                print(f"gateway log (tail):\n{run.log[-8000:]}", file=sys.stderr)
         restarted = launch(mount, config=config)
         try:
             with client(restarted) as s3:
