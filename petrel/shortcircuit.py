@@ -79,7 +79,6 @@ def read_located(bucket: str, keys: Sequence[str], files: Mapping[int, wire.Segm
     return results, fetch
 
 
-
 def _read_segment(file: wire.SegmentFile, wanted: list[_Wanted],
                   locations: Sequence[wire.LocateEntry], keys: Sequence[str], prefix: bytes,
                   results: list[bytes | None], fetch: list[int]) -> None:
