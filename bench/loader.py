@@ -122,6 +122,18 @@ def keys_for(size: int, count: int) -> list[str]:
     return [f"s{size}/{i:07d}.bin" for i in range(count)]
 
 
+def write_conf(path: str, endpoint: str, access_key: str, secret_key: str,
+               short_circuit: bool | None = None) -> str:
+    """A petreloss.conf at `path` with one cluster, `bench`, the default (short_circuit
+    left to its default when None); returns `path`."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = {endpoint}\n"
+                     f"access_key = {access_key}\nsecret_key = {secret_key}\n")
+        if short_circuit is not None:
+            handle.write(f"short_circuit = {'true' if short_circuit else 'false'}\n")
+    return path
+
+
 def store_petrel(client: Client, size: int, keys: list[str], pool: bytes) -> None:
     step = max(1, min(1000, (32 << 20) // size))
     for start in range(0, len(keys), step):
@@ -421,10 +433,8 @@ def side_by_side_rows(endpoint: str, access_key: str, secret_key: str, size: int
     gateway, as rows of bench/side_by_side.py's table: `objects` objects of `size`
     bytes are stored, then read in a shuffled epoch (bounded by `duration_s`)."""
     with tempfile.TemporaryDirectory(prefix="petrel-bench-loader-") as work:
-        conf = os.path.join(work, "petreloss.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
-            handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
-                         f"{endpoint}\naccess_key = {access_key}\nsecret_key = {secret_key}\n")
+        conf = write_conf(os.path.join(work, "petreloss.conf"), endpoint, access_key,
+                          secret_key)
         client = Client(conf, batch_size=1000)
         client.create_bucket(f"s3://{BUCKET}")
         keys = keys_for(size, objects)
@@ -472,14 +482,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         servers.append(petrel)
         weed = start_seaweedfs("seaweedfs", os.path.join(work, "weed"), CREDS, work)
         servers.append(weed)
-        conf = os.path.join(work, "petreloss.conf")
-        gateway_conf = os.path.join(work, "petreloss-gateway.conf")
-        for path, short_circuit in ((conf, "true"), (gateway_conf, "false")):
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
-                             f"{petrel.endpoint}\naccess_key = {CREDS.access_key}\n"
-                             f"secret_key = {CREDS.secret_key}\n"
-                             f"short_circuit = {short_circuit}\n")
+        conf, gateway_conf = (
+            write_conf(os.path.join(work, name), petrel.endpoint, CREDS.access_key,
+                       CREDS.secret_key, short_circuit)
+            for name, short_circuit in (("petreloss.conf", True),
+                                        ("petreloss-gateway.conf", False)))
         client = Client(conf, batch_size=1000)
         gateway_client = Client(gateway_conf, batch_size=1000)
         client.create_bucket(f"s3://{BUCKET}")

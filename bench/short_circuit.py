@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from bench.loader import BUCKET, CREDS, store_petrel
+from bench.loader import BUCKET, CREDS, store_petrel, write_conf
 from bench.machine import describe
 from bench.s3_servers import Server, start_petrel, stop, tree_cpu_seconds
 from petrel.client import Client
@@ -59,11 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     gateway = None
     try:
         gateway = start_petrel("petrel", os.path.join(work, "data"), "batch", CREDS, work)
-        conf = os.path.join(work, "petreloss.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
-            handle.write(f"[DEFAULT]\ndefault_cluster = bench\n[bench]\nhost_base = "
-                         f"{gateway.endpoint}\naccess_key = {CREDS.access_key}\n"
-                         f"secret_key = {CREDS.secret_key}\n")
+        conf = write_conf(os.path.join(work, "petreloss.conf"), gateway.endpoint,
+                          CREDS.access_key, CREDS.secret_key)
         clients = {local: Client(conf, batch_size=1000, short_circuit=local)
                    for _, local in MODES}
         clients[False].create_bucket(f"s3://{BUCKET}")
@@ -95,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{statistics.median(p[1] for p in passes):.1f} | "
               f"{statistics.median(p[2] for p in passes):.1f} |")
     through = statistics.median(p[0] for p in rows[MODES[0][0]])
-    local = statistics.median(p[0] for p in rows[MODES[1][0]])
-    print(f"\nshort-circuit / through the gateway: {local / through:.2f}x (medians)")
+    located = statistics.median(p[0] for p in rows[MODES[1][0]])
+    print(f"\nshort-circuit / through the gateway: {located / through:.2f}x (medians)")
 
 
 if __name__ == "__main__":

@@ -169,17 +169,23 @@ def test_too_many_items_is_refused_whole(gateway: Gateway, bucket: str) -> None:
     assert batch_get(gateway, bucket, [("k0", None)])[0].status is wire.Status.NOT_FOUND
 
 
+def _damaged(body: bytes, damage: str, *, flip_at: int, other_kind: bytes) -> bytes:
+    """`body` cut short, with one bit flipped at `flip_at`, replaced by something that
+    is not a batch, or by `other_kind` (a well-formed batch of another kind)."""
+    if damage == "truncated":
+        return body[:-20]
+    if damage == "flipped":
+        return body[:flip_at] + bytes([body[flip_at] ^ 0x10]) + body[flip_at + 1:]
+    if damage == "not-a-batch":
+        return b"<xml/>"
+    return other_kind
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "not-a-batch", "wrong-kind"])
 def test_malformed_put_body_stores_nothing(gateway: Gateway, bucket: str, damage: str) -> None:
-    body = wire.encode_put_request([(f"m{i}", b"payload %d" % i, "") for i in range(10)])
-    if damage == "truncated":
-        body = body[:-20]
-    elif damage == "flipped":
-        body = body[:-60] + bytes([body[-60] ^ 0x10]) + body[-59:]
-    elif damage == "not-a-batch":
-        body = b"<xml/>"
-    else:
-        body = wire.encode_get_request([("m0", None)])
+    body = _damaged(wire.encode_put_request([(f"m{i}", b"payload %d" % i, "")
+                                             for i in range(10)]),
+                    damage, flip_at=-60, other_kind=wire.encode_get_request([("m0", None)]))
     response = post(gateway, bucket, "batch-put", body)
     assert (response.status, response.code) == (400, "MalformedBatch")
     got = batch_get(gateway, bucket, [(f"m{i}", None) for i in range(10)])
@@ -260,14 +266,7 @@ def test_locate_answers_where_each_record_is(gateway: Gateway, bucket: str) -> N
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "not-a-batch", "wrong-kind"])
 def test_malformed_locate_body_is_refused(gateway: Gateway, bucket: str, damage: str) -> None:
-    body = wire.encode_get_request([(f"m{i}", None) for i in range(10)])
-    if damage == "truncated":
-        body = body[:-20]
-    elif damage == "flipped":
-        body = body[:-40] + bytes([body[-40] ^ 0x10]) + body[-39:]
-    elif damage == "not-a-batch":
-        body = b"<xml/>"
-    else:
-        body = wire.encode_put_request([("m0", b"x", "")])
+    body = _damaged(wire.encode_get_request([(f"m{i}", None) for i in range(10)]), damage,
+                    flip_at=-40, other_kind=wire.encode_put_request([("m0", b"x", "")]))
     response = post(gateway, bucket, "batch-locate", body)
     assert (response.status, response.code) == (400, "MalformedBatch")
